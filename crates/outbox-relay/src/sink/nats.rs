@@ -1,0 +1,343 @@
+//! `nats://host:4222`: NATS JetStream, via async-nats.
+//!
+//! Delivered = the stream acknowledged the message (`PubAck`). `Nats-Msg-Id` carries the event
+//! id, so a redelivery within the stream's duplicate window is dropped by the server.
+//! The message key (aggregate id) travels in the `key` header, beside the contract's headers.
+//!
+//! Unless `subjects` are configured, the sink creates its stream on first use and adds each new
+//! subject to it as events for it appear.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use async_trait::async_trait;
+
+use super::{Message, Sink, SinkError};
+
+/// NATS JetStream settings (config section `[nats]`, or URL query `?stream=NAME`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsOptions {
+    /// Stream that receives the events; created when missing.
+    pub stream: String,
+    /// Subjects the stream captures. Empty: start from none and add each topic as it appears.
+    pub subjects: Vec<String>,
+    /// How long to wait for the stream's acknowledgement before retrying.
+    pub ack_timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            stream: "OUTBOX".into(),
+            subjects: Vec::new(),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Publishes to a JetStream stream and waits for each acknowledgement.
+pub struct NatsSink {
+    js: jetstream::Context,
+    options: NatsOptions,
+    url: String,
+    /// Subjects known to be captured by the stream.
+    covered: RwLock<HashSet<String>>,
+    ensure: tokio::sync::Mutex<()>,
+}
+
+impl NatsSink {
+    /// Connects to `url`. Query parameters override `options`: `stream`, `ack_timeout` (e.g. `5s`).
+    ///
+    /// The connection is made in the background and re-made after failures: while the server is
+    /// unreachable, publishes fail as retryable and events wait in the outbox.
+    pub async fn connect(url: &str, options: &NatsOptions) -> Result<Self, crate::Error> {
+        let redacted = crate::redact_url(url);
+        let parsed = url::Url::parse(url)
+            .map_err(|e| crate::Error::Config(format!("invalid NATS URL {redacted}: {e}")))?;
+        if parsed.host_str().unwrap_or("").is_empty() {
+            return Err(crate::Error::Config(format!(
+                "invalid NATS URL {redacted}: it needs a host, e.g. nats://127.0.0.1:4222"
+            )));
+        }
+        let mut options = options.clone();
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "stream" => options.stream = v.into_owned(),
+                "ack_timeout" => {
+                    options.ack_timeout = humantime_duration(&v).ok_or_else(|| {
+                        crate::Error::Config(format!(
+                            "NATS URL: ack_timeout={v} is not a duration like 5s"
+                        ))
+                    })?
+                }
+                other => {
+                    return Err(crate::Error::Config(format!(
+                        "NATS URL: unknown parameter {other:?} (known: stream, ack_timeout)"
+                    )))
+                }
+            }
+        }
+        if options.stream.is_empty() || options.stream.contains(['.', ' ', '*', '>', '\t']) {
+            return Err(crate::Error::Config(format!(
+                "NATS stream name {:?} is invalid: no spaces, '.', '*' or '>'",
+                options.stream
+            )));
+        }
+        let mut server = parsed.clone();
+        server.set_query(None);
+        let client = async_nats::ConnectOptions::new()
+            .name("outbox-relay")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(server.as_str())
+            .await
+            .map_err(|e| crate::Error::Sink(format!("NATS {redacted}: {e}")))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.ack_timeout)
+            .max_ack_inflight(16_384)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let sink = NatsSink {
+            js,
+            options,
+            url: redacted,
+            covered: RwLock::new(HashSet::new()),
+            ensure: tokio::sync::Mutex::new(()),
+        };
+        Ok(sink)
+    }
+
+    /// Makes sure the stream exists and captures `subject`.
+    async fn ensure_subject(&self, subject: &str) -> Result<(), SinkError> {
+        let _guard = self.ensure.lock().await;
+        if self.is_covered(subject) {
+            return Ok(());
+        }
+        let name = &self.options.stream;
+        let fixed = !self.options.subjects.is_empty();
+        match self.js.get_stream(name).await {
+            Ok(mut s) => {
+                let info = s.info().await.map_err(|e| {
+                    SinkError::retryable(format!("NATS: reading stream {name}: {e}"))
+                })?;
+                if !info
+                    .config
+                    .subjects
+                    .iter()
+                    .any(|p| subject_matches(p, subject))
+                {
+                    if fixed {
+                        return Err(SinkError::retryable(format!(
+                            "NATS: stream {name} does not capture subject {subject}; \
+                             add it to nats.subjects or the stream"
+                        )));
+                    }
+                    let mut config = info.config.clone();
+                    config.subjects.push(subject.to_string());
+                    self.js.update_stream(config).await.map_err(|e| {
+                        SinkError::retryable(format!(
+                            "NATS: adding subject {subject} to stream {name}: {e}"
+                        ))
+                    })?;
+                }
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                let subjects = if fixed {
+                    self.options.subjects.clone()
+                } else {
+                    vec![subject.to_string()]
+                };
+                self.js
+                    .create_stream(stream::Config {
+                        name: name.clone(),
+                        subjects,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        SinkError::retryable(format!("NATS: creating stream {name}: {e}"))
+                    })?;
+                tracing::info!(stream = %name, subject, "created JetStream stream");
+            }
+            Err(e) => {
+                return Err(SinkError::retryable(format!(
+                    "NATS: looking up stream {name}: {e}"
+                )))
+            }
+        }
+        self.covered
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(subject.to_string());
+        Ok(())
+    }
+
+    fn is_covered(&self, subject: &str) -> bool {
+        self.covered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(subject)
+    }
+
+    fn forget(&self, subject: &str) {
+        self.covered
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(subject);
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn publish(&self, message: &Message) -> Result<(), SinkError> {
+        validate_subject(&message.topic)?;
+        if !self.is_covered(&message.topic) {
+            self.ensure_subject(&message.topic).await?;
+        }
+        let mut headers = HeaderMap::new();
+        let id = message.id.hyphenated().to_string();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("key", header_value("key", &message.key)?);
+        for (k, v) in &message.headers {
+            let name = HeaderName::from_str(k).map_err(|_| {
+                SinkError::permanent(format!(
+                    "header name {k:?} is not allowed by NATS (printable ASCII, no ':')"
+                ))
+            })?;
+            headers.append(name, header_value(k, v)?);
+        }
+        let pending = self
+            .js
+            .publish_with_headers(message.topic.clone(), headers, message.value.clone())
+            .await
+            .map_err(|e| self.classify(&message.topic, e))?;
+        pending
+            .await
+            .map(|_ack| ())
+            .map_err(|e| self.classify(&message.topic, e))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (stream {})", self.url, self.options.stream)
+    }
+}
+
+impl NatsSink {
+    fn classify(&self, subject: &str, e: jetstream::context::PublishError) -> SinkError {
+        match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => {
+                SinkError::permanent(format!("NATS rejected the message: {e}"))
+            }
+            PublishErrorKind::StreamNotFound => {
+                self.forget(subject);
+                SinkError::retryable(format!(
+                    "NATS: no JetStream stream captures subject {subject}"
+                ))
+            }
+            PublishErrorKind::TimedOut => SinkError::retryable(format!(
+                "NATS: no acknowledgement within {:?} on {subject}",
+                self.options.ack_timeout
+            )),
+            _ => {
+                let text = e.to_string();
+                // JetStream's own refusals that no retry can fix.
+                if text.contains("message size exceeds maximum") {
+                    SinkError::permanent(format!("NATS rejected the message: {text}"))
+                } else {
+                    SinkError::retryable(format!("NATS publish to {subject} failed: {text}"))
+                }
+            }
+        }
+    }
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, SinkError> {
+    HeaderValue::from_str(value).map_err(|_| {
+        SinkError::permanent(format!(
+            "header {name:?} has a value NATS cannot carry (line breaks)"
+        ))
+    })
+}
+
+fn validate_subject(subject: &str) -> Result<(), SinkError> {
+    let ok = !subject.is_empty()
+        && !subject.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+        && subject.split('.').all(|t| !t.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(SinkError::permanent(format!(
+            "{subject:?} is not a valid NATS subject (no spaces, wildcards or empty tokens)"
+        )))
+    }
+}
+
+/// NATS subject matching: `*` matches one token, `>` one or more trailing tokens.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn humantime_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matching() {
+        assert!(subject_matches("order-events", "order-events"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("order-events", "user-events"));
+    }
+
+    #[test]
+    fn subjects_are_validated() {
+        assert!(validate_subject("order-events").is_ok());
+        assert!(validate_subject("a b").is_err());
+        assert!(validate_subject("a..b").is_err());
+        assert!(validate_subject("").is_err());
+        assert!(!validate_subject("x.*").unwrap_err().is_retryable());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(humantime_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            humantime_duration("250ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(humantime_duration("x"), None);
+    }
+}

@@ -1,0 +1,398 @@
+//! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
+//! and cleanup. Everything that speaks SQL lives here, one file per database.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{redact_url, Error, Record};
+
+/// Longest `last_error` / dead-letter `error` kept, in characters.
+pub const MAX_ERROR_LEN: usize = 2000;
+
+/// A connection pool on the database that holds the outbox table.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// PostgreSQL: several relays at once, `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY`.
+    Postgres(sqlx::PgPool),
+    /// SQLite: one relay at a time (a lease row), polling.
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// Create a missing SQLite file (the demo does; the relay does not).
+    pub create_sqlite_file: bool,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 8,
+            create_sqlite_file: false,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// `sqlite:`
+    Sqlite,
+}
+
+impl Backend {
+    /// Recognizes a database URL, or says what is accepted.
+    pub fn from_url(url: &str) -> Result<Backend, Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.is_empty() {
+            Err(Error::Config(
+                "no database URL: pass --database-url or set DATABASE_URL \
+                 (postgres://user@host/db or sqlite:path.db)"
+                    .into(),
+            ))
+        } else {
+            Err(Error::Config(format!(
+                "unsupported database URL {}: use postgres://user@host/db or sqlite:path.db",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+impl Store {
+    /// Connects, checking the database is reachable now (a wrong URL fails here, not later).
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Store, Error> {
+        let redacted = redact_url(url);
+        let connect_err = |e: sqlx::Error| Error::Connect {
+            url: redacted.clone(),
+            reason: e.to_string(),
+        };
+        match Backend::from_url(url)? {
+            Backend::Postgres => {
+                let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .map_err(|e| Error::Config(format!("invalid database URL {redacted}: {e}")))?
+                    .application_name("outbox");
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(options.max_connections.max(1))
+                    .acquire_timeout(options.connect_timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Store::Postgres(pool))
+            }
+            Backend::Sqlite => Ok(Store::Sqlite(
+                sqlite::SqliteStore::connect(url, options)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Database(db) => connect_err(db),
+                        other => other,
+                    })?,
+            )),
+        }
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Creates or upgrades the schema.
+    pub async fn migrate(&self) -> Result<outbox::migrate::Report, Error> {
+        Ok(match self {
+            Store::Postgres(pool) => outbox::migrate(&mut *pool.acquire().await?).await?,
+            Store::Sqlite(s) => outbox::migrate(&mut *s.pool.acquire().await?).await?,
+        })
+    }
+
+    /// Fails with a hint to run `outbox migrate` when the schema is missing or outdated.
+    pub async fn ensure_schema(&self) -> Result<i64, Error> {
+        Ok(match self {
+            Store::Postgres(pool) => {
+                outbox::migrate::ensure_schema(&mut *pool.acquire().await?).await?
+            }
+            Store::Sqlite(s) => {
+                outbox::migrate::ensure_schema(&mut *s.pool.acquire().await?).await?
+            }
+        })
+    }
+
+    /// Claims up to `limit` events that may be delivered now, in `seq` order.
+    ///
+    /// The claim holds its rows until [`Claim::settle`] (PostgreSQL: row locks in an open
+    /// transaction; SQLite: the relay lease). For every aggregate it contains, the claimed events
+    /// are the aggregate's *first* pending events: none is overtaken by a later one.
+    pub async fn claim(&self, limit: usize, dead_letters_block: bool) -> Result<Claim, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::claim(pool, limit, dead_letters_block).await,
+            Store::Sqlite(s) => s.claim(limit, dead_letters_block).await,
+        }
+    }
+
+    /// Counts pending, retrying and dead events.
+    pub async fn status(&self) -> Result<Status, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::status(pool).await,
+            Store::Sqlite(s) => sqlite::status(&s.pool).await,
+        }
+    }
+
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::dead_letters(pool, None, limit).await,
+            Store::Sqlite(s) => sqlite::dead_letters(&s.pool, None, limit).await,
+        }
+    }
+
+    /// One dead letter, by its own id or the event's id.
+    pub async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
+        let mut v = match self {
+            Store::Postgres(pool) => postgres::dead_letters(pool, Some(id), 1).await?,
+            Store::Sqlite(s) => sqlite::dead_letters(&s.pool, Some(id), 1).await?,
+        };
+        Ok(v.pop())
+    }
+
+    /// Moves dead letters back into the outbox (all of them when `ids` is `None`), with their
+    /// original id and `seq`, so they are delivered again ahead of the events that waited
+    /// behind them. Returns the event ids replayed.
+    pub async fn replay(&self, ids: Option<&[Uuid]>) -> Result<Vec<Uuid>, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::replay(pool, ids).await,
+            Store::Sqlite(s) => sqlite::replay(&s.pool, ids).await,
+        }
+    }
+
+    /// Deletes dead letters (all of them when `ids` is `None`); returns how many.
+    pub async fn purge(&self, ids: Option<&[Uuid]>) -> Result<u64, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::purge(pool, ids).await,
+            Store::Sqlite(s) => sqlite::purge(&s.pool, ids).await,
+        }
+    }
+
+    /// Counts published events older than `cutoff` (what [`Store::cleanup_batch`] would delete).
+    pub async fn count_cleanable(&self, cutoff: DateTime<Utc>) -> Result<i64, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::count_cleanable(pool, cutoff).await,
+            Store::Sqlite(s) => sqlite::count_cleanable(&s.pool, cutoff).await,
+        }
+    }
+
+    /// Deletes up to `batch` published events older than `cutoff`, in one short transaction.
+    /// Pending and dead events are never touched. Returns how many were deleted.
+    pub async fn cleanup_batch(&self, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::cleanup_batch(pool, cutoff, batch).await,
+            Store::Sqlite(s) => sqlite::cleanup_batch(&s.pool, cutoff, batch).await,
+        }
+    }
+
+    /// Gives up the SQLite relay lease so a standby can take over at once (no-op on PostgreSQL).
+    pub async fn release(&self) {
+        if let Store::Sqlite(s) = self {
+            s.release_lease().await;
+        }
+    }
+
+    /// The PostgreSQL pool, when this is PostgreSQL.
+    pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
+        match self {
+            Store::Postgres(pool) => Some(pool),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, when this is SQLite.
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(s) => Some(&s.pool),
+        }
+    }
+}
+
+/// A batch of claimed events, held until settled.
+pub struct Claim {
+    /// Events to deliver, in `seq` order.
+    pub records: Vec<Record>,
+    /// True when rows were available but another relay holds earlier events of their
+    /// aggregates (or, on SQLite, the lease): worth retrying soon rather than sleeping.
+    pub contended: bool,
+    /// When nothing is claimable: time until the earliest event in backoff becomes due.
+    pub next_due: Option<Duration>,
+    hold: Hold,
+}
+
+enum Hold {
+    None,
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// What happened to each claimed event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settlement {
+    /// Acknowledged by the sink: mark published.
+    pub published: Vec<i64>,
+    /// Failed: count the attempt, keep `error`, try again after `delay`.
+    pub retry: Vec<(i64, Duration, String)>,
+    /// Give up: move to the dead-letter table with `error`.
+    pub dead: Vec<(i64, String)>,
+}
+
+impl Settlement {
+    /// True when nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        self.published.is_empty() && self.retry.is_empty() && self.dead.is_empty()
+    }
+}
+
+impl Claim {
+    pub(crate) fn new(records: Vec<Record>, contended: bool, next_due: Option<Duration>) -> Self {
+        Claim {
+            records,
+            contended,
+            next_due,
+            hold: Hold::None,
+        }
+    }
+
+    /// Records the outcome of the batch and releases it. If this fails, nothing was recorded
+    /// and the events stay pending: they will be delivered again (at least once).
+    pub async fn settle(self, settlement: &Settlement) -> Result<(), Error> {
+        match self.hold {
+            Hold::None => Ok(()),
+            Hold::Postgres(tx) => postgres::settle(tx, settlement).await,
+            Hold::Sqlite(pool) => sqlite::settle(&pool, settlement).await,
+        }
+    }
+
+    /// Releases the claim without recording anything.
+    pub async fn release(self) {
+        if let Hold::Postgres(tx) = self.hold {
+            let _ = tx.rollback().await;
+        }
+    }
+}
+
+/// What `outbox status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Status {
+    /// Events not yet delivered.
+    pub pending: i64,
+    /// Pending events that failed at least once.
+    pub retrying: i64,
+    /// Creation time of the oldest pending event.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// Age of the oldest pending event, in seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Earliest scheduled retry.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Rows in the dead-letter table.
+    pub dead_letters: i64,
+}
+
+impl Status {
+    pub(crate) fn finish(mut self) -> Self {
+        self.oldest_pending_age_seconds = self
+            .oldest_pending_at
+            .map(|t| ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1000.0);
+        self
+    }
+}
+
+/// A row of the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The dead letter's own id.
+    pub id: Uuid,
+    /// The event's id.
+    pub original_id: Uuid,
+    /// The event's `seq`, restored on replay.
+    pub seq: i64,
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// Headers.
+    pub headers: Option<serde_json::Value>,
+    /// When the event was written.
+    pub created_at: DateTime<Utc>,
+    /// Attempts made.
+    pub retry_count: i32,
+    /// Why it was given up.
+    pub error: String,
+    /// When it was given up.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Cuts an error message to [`MAX_ERROR_LEN`] characters.
+pub(crate) fn truncate_error(s: &str) -> String {
+    match s.char_indices().nth(MAX_ERROR_LEN) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+pub(crate) fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_by_url() {
+        assert_eq!(
+            Backend::from_url("postgres://x/y").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://x/y").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(Backend::from_url("sqlite:a.db").unwrap(), Backend::Sqlite);
+        let err = Backend::from_url("mysql://u:pw@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsupported database URL") && !err.contains("pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(MAX_ERROR_LEN + 10);
+        let t = truncate_error(&long);
+        assert_eq!(t.chars().count(), MAX_ERROR_LEN + 1);
+        assert_eq!(truncate_error("short"), "short");
+    }
+}

@@ -1,0 +1,309 @@
+//! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, safe with any number of relays.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{parse_json, truncate_error, Claim, DeadLetter, Hold, Settlement, Status};
+use crate::error::db;
+use crate::{Error, Record};
+
+/// One statement claims a batch:
+///
+/// 1. `blocked`: aggregates that must wait — an event in backoff, or (when dead letters block)
+///    a dead letter — from the small `outbox_retrying_idx` and the dead-letter table;
+/// 2. `claimed`: the first `$1` pending, due, unblocked rows in `seq` order, locked
+///    `FOR UPDATE SKIP LOCKED` (rows another relay holds are skipped);
+/// 3. `clean`: the aggregates for which the claimed rows are exactly the aggregate's first `n`
+///    pending rows. An aggregate whose earlier rows are held by another relay (or changed since
+///    this statement's snapshot) is left out of this batch, so no event overtakes an earlier one.
+const CLAIM: &str = r#"
+WITH blocked AS MATERIALIZED (
+    SELECT aggregate_type, aggregate_id, min(seq) AS seq
+    FROM outbox
+    WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > now()
+    GROUP BY aggregate_type, aggregate_id
+    UNION ALL
+    SELECT aggregate_type, aggregate_id, min(seq)
+    FROM outbox_dead_letter
+    WHERE $2
+    GROUP BY aggregate_type, aggregate_id
+),
+claimed AS MATERIALIZED (
+    SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
+           o.payload::text AS payload, o.headers::text AS headers, o.created_at, o.retry_count
+    FROM outbox o
+    WHERE o.published_at IS NULL
+      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+      AND NOT EXISTS (
+          SELECT 1 FROM blocked b
+          WHERE b.aggregate_type = o.aggregate_type
+            AND b.aggregate_id = o.aggregate_id
+            AND b.seq < o.seq)
+    ORDER BY o.seq
+    LIMIT $1
+    FOR UPDATE OF o SKIP LOCKED
+),
+heads AS (
+    SELECT aggregate_type, aggregate_id, max(seq) AS hi, count(*) AS n
+    FROM claimed
+    GROUP BY aggregate_type, aggregate_id
+),
+clean AS (
+    SELECT h.aggregate_type, h.aggregate_id
+    FROM heads h
+    WHERE h.n = (
+        SELECT count(*) FROM outbox q
+        WHERE q.published_at IS NULL
+          AND q.aggregate_type = h.aggregate_type
+          AND q.aggregate_id = h.aggregate_id
+          AND q.seq <= h.hi)
+)
+SELECT c.*, (k.aggregate_id IS NOT NULL) AS clean
+FROM claimed c
+LEFT JOIN clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
+ORDER BY c.seq
+"#;
+
+const NEXT_DUE: &str = "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 \
+     FROM outbox WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > now()";
+
+pub(super) async fn claim(
+    pool: &PgPool,
+    limit: usize,
+    dead_letters_block: bool,
+) -> Result<Claim, Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(CLAIM)
+        .bind(limit as i64)
+        .bind(dead_letters_block)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    let total = rows.len();
+    let mut records = Vec::with_capacity(total);
+    for row in rows {
+        if !row.try_get::<bool, _>("clean")? {
+            continue;
+        }
+        records.push(Record {
+            seq: row.try_get("seq")?,
+            id: row.try_get("id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            event_type: row.try_get("event_type")?,
+            payload: row.try_get("payload")?,
+            headers: row.try_get("headers")?,
+            created_at: row.try_get("created_at")?,
+            retry_count: row.try_get("retry_count")?,
+        });
+    }
+    let contended = total > records.len();
+    let next_due = if records.is_empty() && !contended {
+        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE).fetch_one(&mut *tx).await?;
+        secs.map(|s| Duration::from_secs_f64(s.max(0.0)))
+    } else {
+        None
+    };
+    let mut claim = Claim::new(records, contended, next_due);
+    claim.hold = Hold::Postgres(tx);
+    Ok(claim)
+}
+
+const SETTLE_PUBLISHED: &str = "UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])";
+
+const SETTLE_ALL: &str = r#"
+WITH published AS (
+    UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])
+),
+retried AS (
+    UPDATE outbox o
+    SET retry_count = o.retry_count + 1,
+        next_attempt_at = clock_timestamp() + u.delay_ms * interval '1 millisecond',
+        last_error = u.error
+    FROM unnest($3::bigint[], $4::float8[], $5::text[]) AS u(seq, delay_ms, error)
+    WHERE o.seq = u.seq
+),
+dead AS (
+    DELETE FROM outbox o
+    USING unnest($6::bigint[], $7::text[]) AS u(seq, error)
+    WHERE o.seq = u.seq
+    RETURNING o.id, o.seq, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.headers,
+              o.created_at, o.retry_count, u.error
+)
+INSERT INTO outbox_dead_letter
+    (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
+     retry_count, error)
+SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
+       retry_count + 1, error
+FROM dead
+"#;
+
+pub(super) async fn settle(
+    mut tx: Transaction<'static, Postgres>,
+    s: &Settlement,
+) -> Result<(), Error> {
+    let now = Utc::now();
+    if s.retry.is_empty() && s.dead.is_empty() {
+        if !s.published.is_empty() {
+            sqlx::query(SETTLE_PUBLISHED)
+                .bind(&s.published)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+    } else {
+        let (retry_seq, retry_delay, retry_err): (Vec<i64>, Vec<f64>, Vec<String>) = s
+            .retry
+            .iter()
+            .map(|(seq, d, e)| (*seq, d.as_secs_f64() * 1000.0, truncate_error(e)))
+            .collect();
+        let (dead_seq, dead_err): (Vec<i64>, Vec<String>) = s
+            .dead
+            .iter()
+            .map(|(seq, e)| (*seq, truncate_error(e)))
+            .unzip();
+        sqlx::query(SETTLE_ALL)
+            .bind(&s.published)
+            .bind(now)
+            .bind(&retry_seq)
+            .bind(&retry_delay)
+            .bind(&retry_err)
+            .bind(&dead_seq)
+            .bind(&dead_err)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn status(pool: &PgPool) -> Result<Status, Error> {
+    let row = sqlx::query(
+        "SELECT count(*) AS pending,
+                count(*) FILTER (WHERE retry_count > 0) AS retrying,
+                min(created_at) AS oldest,
+                min(next_attempt_at) FILTER (WHERE next_attempt_at > now()) AS next_retry,
+                (SELECT count(*) FROM outbox_dead_letter) AS dead
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(Status {
+        pending: row.try_get("pending")?,
+        retrying: row.try_get("retrying")?,
+        oldest_pending_at: row.try_get("oldest")?,
+        oldest_pending_age_seconds: None,
+        next_retry_at: row.try_get("next_retry")?,
+        dead_letters: row.try_get("dead")?,
+    }
+    .finish())
+}
+
+pub(super) async fn dead_letters(
+    pool: &PgPool,
+    id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, original_id, seq, aggregate_type, aggregate_id, event_type, payload::text AS payload,
+                headers::text AS headers, created_at, retry_count, error, failed_at
+         FROM outbox_dead_letter
+         WHERE $1::uuid IS NULL OR id = $1 OR original_id = $1
+         ORDER BY failed_at, seq
+         LIMIT $2",
+    )
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                id: row.try_get("id")?,
+                original_id: row.try_get("original_id")?,
+                seq: row.try_get("seq")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                event_type: row.try_get("event_type")?,
+                payload: parse_json(row.try_get::<&str, _>("payload")?),
+                headers: row.try_get::<Option<&str>, _>("headers")?.map(parse_json),
+                created_at: row.try_get("created_at")?,
+                retry_count: row.try_get("retry_count")?,
+                error: row.try_get("error")?,
+                failed_at: row.try_get("failed_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uuid>, Error> {
+    // Original id and seq come back: the event is again ahead of those that waited behind it.
+    let replayed: Vec<Uuid> = sqlx::query_scalar(
+        "WITH moved AS (
+             DELETE FROM outbox_dead_letter
+             WHERE $1::uuid[] IS NULL OR id = ANY($1) OR original_id = ANY($1)
+             RETURNING *
+         )
+         INSERT INTO outbox (id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                             created_at, retry_count)
+         OVERRIDING SYSTEM VALUE
+         SELECT original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                created_at, 0
+         FROM moved
+         RETURNING id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    Ok(replayed)
+}
+
+pub(super) async fn purge(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox_dead_letter WHERE $1::uuid[] IS NULL OR id = ANY($1) OR original_id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(db)?
+    .rows_affected())
+}
+
+pub(super) async fn count_cleanable(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+    )
+    .bind(cutoff)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?)
+}
+
+pub(super) async fn cleanup_batch(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, Error> {
+    // A bounded DELETE (PostgreSQL has no DELETE … LIMIT): the sub-select walks the
+    // published_at index, SKIP LOCKED keeps it from waiting on anything.
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE seq = ANY(ARRAY(
+             SELECT seq FROM outbox
+             WHERE published_at IS NOT NULL AND published_at < $1
+             ORDER BY published_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(pool)
+    .await
+    .map_err(db)?
+    .rows_affected())
+}

@@ -1,0 +1,43 @@
+/// Errors returned by this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database rejected a statement or the connection failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The outbox table does not exist in this database.
+    #[error("the outbox table does not exist in this database; run `outbox migrate` first")]
+    SchemaMissing,
+    /// The schema in the database is newer than this build knows.
+    #[error("the database schema is at version {found}, newer than this build's {supported}; upgrade outbox")]
+    SchemaTooNew {
+        /// Version recorded in the database.
+        found: i64,
+        /// Newest version this build ships.
+        supported: i64,
+    },
+    /// An event payload could not be serialized to JSON.
+    #[error("event payload is not serializable to JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Maps "relation does not exist" errors to [`Error::SchemaMissing`].
+    pub(crate) fn from_query(err: sqlx::Error) -> Self {
+        if is_undefined_table(&err) {
+            Error::SchemaMissing
+        } else {
+            Error::Database(err)
+        }
+    }
+}
+
+/// True when the error says a table is missing (PostgreSQL `42P01`, SQLite "no such table").
+pub fn is_undefined_table(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table")
+        }
+        _ => false,
+    }
+}
