@@ -21,6 +21,21 @@ use uuid::Uuid;
 
 pub use jsonl::{FileSink, StdoutSink};
 
+/// `noop:`: acknowledges everything at once. For benchmarks (it measures the relay and the
+/// database alone) and dry runs; it delivers nothing anywhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopSink;
+
+#[async_trait]
+impl Sink for NoopSink {
+    async fn publish(&self, _message: &Message) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "noop".into()
+    }
+}
+
 /// A message ready for a broker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -128,7 +143,7 @@ pub struct SinkOptions {
 
 /// The URL schemes this build can deliver to.
 pub fn supported_schemes() -> Vec<&'static str> {
-    let mut v = vec!["stdout:", "file:PATH"];
+    let mut v = vec!["stdout:", "file:PATH", "noop:"];
     if cfg!(feature = "nats") {
         v.push("nats://host:4222");
     }
@@ -141,6 +156,7 @@ pub async fn from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Sink>,
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
     match scheme {
         "stdout" => Ok(Arc::new(StdoutSink::new())),
+        "noop" => Ok(Arc::new(NoopSink)),
         "file" => {
             let path = url["file:".len()..].trim_start_matches("//");
             if path.is_empty() {

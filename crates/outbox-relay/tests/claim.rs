@@ -1,0 +1,212 @@
+//! The claim's guarantees, against real PostgreSQL (and SQLite for its lease).
+
+use std::time::Duration;
+
+use outbox_relay::store::{ConnectOptions, Settlement, Store};
+use outbox_testkit::{require, TestDb};
+
+async fn store(db: &TestDb) -> Store {
+    let s = Store::connect(&db.url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+async fn insert(store: &Store, rows: &[(&str, i64)]) {
+    let pool = store.pg_pool().unwrap();
+    for (agg, n) in rows {
+        sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('T', $1, 'E', jsonb_build_object('n', $2::bigint))")
+            .bind(agg)
+            .bind(n)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// "a1", "b2", …: aggregate id and payload n of each claimed record.
+fn aggs(claim: &outbox_relay::store::Claim) -> Vec<String> {
+    claim
+        .records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+            format!("{}{}", r.aggregate_id, v["n"])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_claim_skips_aggregates_the_first_holds() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("a", 2), ("b", 1), ("a", 3), ("c", 1)]).await;
+    let first = s.claim(1, true).await.unwrap();
+    assert_eq!(aggs(&first), ["a1"]);
+    let second = s.claim(10, true).await.unwrap();
+    // a2 and a3 must wait for a1: only b and c may go.
+    assert_eq!(aggs(&second), ["b1", "c1"]);
+    assert!(second.contended, "rows of a were seen but left");
+    second.release().await;
+    first.release().await;
+    let all = s.claim(10, true).await.unwrap();
+    assert_eq!(
+        aggs(&all),
+        ["a1", "a2", "b1", "a3", "c1"],
+        "whole aggregates, in seq order"
+    );
+    all.release().await;
+}
+
+#[tokio::test]
+async fn backoff_holds_back_its_aggregate_only() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("a", 2), ("b", 1)]).await;
+    let c = s.claim(1, true).await.unwrap();
+    let a1 = c.records[0].seq;
+    c.settle(&Settlement {
+        retry: vec![(a1, Duration::from_secs(3600), "broker down".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.claim(10, true).await.unwrap();
+    assert_eq!(aggs(&c), ["b1"]);
+    let b1 = c.records[0].seq;
+    c.settle(&Settlement {
+        published: vec![b1],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.claim(10, true).await.unwrap();
+    assert!(c.records.is_empty());
+    let due = c.next_due.expect("the retry's due time is reported");
+    assert!(
+        due > Duration::from_secs(3500) && due <= Duration::from_secs(3600),
+        "{due:?}"
+    );
+    c.release().await;
+    let status = s.status().await.unwrap();
+    assert_eq!((status.pending, status.retrying), (2, 1));
+    let (retry_count, last_error): (i32, String) =
+        sqlx::query_as("SELECT retry_count, last_error FROM outbox WHERE seq = $1")
+            .bind(a1)
+            .fetch_one(s.pg_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!((retry_count, last_error.as_str()), (1, "broker down"));
+}
+
+#[tokio::test]
+async fn a_dead_letter_blocks_its_aggregate_unless_told_to_proceed_and_replay_restores_it() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("a", 2), ("b", 1)]).await;
+    let c = s.claim(1, true).await.unwrap();
+    let (a1_seq, a1_id) = (c.records[0].seq, c.records[0].id);
+    c.settle(&Settlement {
+        dead: vec![(a1_seq, "poison".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let c = s.claim(10, true).await.unwrap();
+    assert_eq!(aggs(&c), ["b1"], "a2 waits behind the dead letter");
+    c.release().await;
+    let c = s.claim(10, false).await.unwrap();
+    assert_eq!(aggs(&c), ["a2", "b1"], "proceed mode lets a2 go");
+    c.release().await;
+
+    let dead = s.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].original_id,
+            dead[0].seq,
+            dead[0].error.as_str(),
+            dead[0].retry_count
+        ),
+        (a1_id, a1_seq, "poison", 1)
+    );
+    assert_eq!(
+        s.dead_letter(dead[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .original_id,
+        a1_id
+    );
+
+    let replayed = s.replay(Some(&[a1_id])).await.unwrap();
+    assert_eq!(replayed, vec![a1_id]);
+    let c = s.claim(10, true).await.unwrap();
+    assert_eq!(
+        aggs(&c),
+        ["a1", "a2", "b1"],
+        "replayed with its original seq: first again"
+    );
+    assert_eq!(c.records[0].id, a1_id);
+    assert_eq!(c.records[0].retry_count, 0);
+    c.release().await;
+    assert_eq!(s.status().await.unwrap().dead_letters, 0);
+}
+
+#[tokio::test]
+async fn purge_unblocks_the_aggregate() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("a", 2)]).await;
+    let c = s.claim(1, true).await.unwrap();
+    let seq = c.records[0].seq;
+    c.settle(&Settlement {
+        dead: vec![(seq, "x".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.claim(10, true).await.unwrap();
+    assert!(c.records.is_empty());
+    c.release().await;
+    assert_eq!(s.purge(None).await.unwrap(), 1);
+    let c = s.claim(10, true).await.unwrap();
+    assert_eq!(aggs(&c), ["a2"]);
+    c.release().await;
+}
+
+#[tokio::test]
+async fn a_second_sqlite_relay_stands_by_while_the_first_holds_the_lease() {
+    let path =
+        std::env::temp_dir().join(format!("outbox-lease-{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite:{}", path.display());
+    let opts = ConnectOptions {
+        create_sqlite_file: true,
+        ..ConnectOptions::default()
+    };
+    let first = Store::connect(&url, &opts).await.unwrap();
+    first.migrate().await.unwrap();
+    let second = Store::connect(&url, &opts).await.unwrap();
+    sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('T', 'a', 'E', '{}')")
+        .execute(first.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    let c = first.claim(10, true).await.unwrap();
+    assert_eq!(c.records.len(), 1);
+    c.release().await;
+    let c = second.claim(10, true).await.unwrap();
+    assert!(
+        c.records.is_empty() && c.contended,
+        "the second relay stands by"
+    );
+    first.release().await;
+    let c = second.claim(10, true).await.unwrap();
+    assert_eq!(
+        c.records.len(),
+        1,
+        "and takes over once the lease is released"
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,0 +1,192 @@
+//! Helpers for integration tests against the real services on this machine.
+//!
+//! Every test gets its own PostgreSQL database, NATS stream and subjects, so tests run in
+//! parallel. When a service is unreachable, a test fails naming it if `OUTBOX_REQUIRE_SERVICES`
+//! is set (CI sets it), and otherwise skips with a loud message on stderr.
+
+use std::time::Duration;
+
+/// PostgreSQL admin URL (override with `OUTBOX_TEST_PG`).
+pub fn pg_admin_url() -> String {
+    std::env::var("OUTBOX_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// NATS URL (override with `OUTBOX_TEST_NATS`).
+pub fn nats_url() -> String {
+    std::env::var("OUTBOX_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// True when CI demands every service.
+pub fn services_required() -> bool {
+    std::env::var("OUTBOX_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Reports an unreachable service: panics when services are required, else prints a loud skip.
+pub fn unavailable(service: &str, detail: &str) {
+    if services_required() {
+        panic!("{service} is unreachable ({detail}); OUTBOX_REQUIRE_SERVICES is set, so this test fails");
+    }
+    eprintln!("\n*** SKIPPED: {service} is unreachable ({detail}); set OUTBOX_REQUIRE_SERVICES=1 to make this a failure ***\n");
+}
+
+/// Unwraps an `Option` from this module or returns from the test (a skip was already reported).
+#[macro_export]
+macro_rules! require {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+
+/// A fresh PostgreSQL database, dropped when this value is dropped.
+pub struct TestDb {
+    /// Connection URL of the database.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates `outbox_test_<random>`; `None` (after reporting) when PostgreSQL is unreachable.
+    pub async fn create() -> Option<TestDb> {
+        let admin = pg_admin_url();
+        let mut conn = match tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect(&admin),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                unavailable("PostgreSQL at 127.0.0.1:5432", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                unavailable("PostgreSQL at 127.0.0.1:5432", "connect timed out");
+                return None;
+            }
+        };
+        let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("CREATE DATABASE");
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(b, _)| b)
+            .to_string();
+        Some(TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    /// A pool on the database.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = pg_admin_url();
+        // Drop from a separate thread with its own runtime: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        let _ = sqlx::Executor::execute(
+                            &mut c,
+                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A NATS connection plus a unique prefix for this test's stream and subjects.
+pub struct TestNats {
+    /// Connected client.
+    pub client: async_nats::Client,
+    /// JetStream context.
+    pub js: async_nats::jetstream::Context,
+    /// Unique token, e.g. `t3f2a…`: use it in stream names and subjects.
+    pub prefix: String,
+}
+
+impl TestNats {
+    /// Connects; `None` (after reporting) when NATS is unreachable.
+    pub async fn connect() -> Option<TestNats> {
+        let url = nats_url();
+        match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&url)).await {
+            Ok(Ok(client)) => Some(TestNats {
+                js: async_nats::jetstream::new(client.clone()),
+                client,
+                prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            }),
+            Ok(Err(e)) => {
+                unavailable("NATS at 127.0.0.1:4222", &e.to_string());
+                None
+            }
+            Err(_) => {
+                unavailable("NATS at 127.0.0.1:4222", "connect timed out");
+                None
+            }
+        }
+    }
+
+    /// The stream name this test should use.
+    pub fn stream(&self) -> String {
+        format!("{}_STREAM", self.prefix.to_uppercase())
+    }
+
+    /// Reads every message of `stream` (up to `expected`, waiting at most `timeout` for them).
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<async_nats::jetstream::Message> {
+        use futures::StreamExt;
+        let s = self.js.get_stream(stream).await.expect("stream exists");
+        let consumer = s
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("create consumer");
+        let mut out = Vec::with_capacity(expected);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut messages = consumer.messages().await.expect("consume");
+        while out.len() < expected {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => out.push(m),
+                Ok(Some(Err(e))) => panic!("reading stream {stream}: {e}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Deletes this test's stream (ignores a missing one).
+    pub async fn cleanup(&self) {
+        let _ = self.js.delete_stream(self.stream()).await;
+    }
+}
