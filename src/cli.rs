@@ -1,0 +1,192 @@
+//! The command line: `outbox <command>`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox",
+    version,
+    about = "Transactional outbox relay: delivers committed events to your broker, at least once, in order per aggregate.",
+    after_help = "Exit status: 0 success, 2 bad usage or configuration, 1 failure at run time."
+)]
+pub struct Cli {
+    /// Database holding the outbox table: postgres://user@host/db or sqlite:path.db
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// TOML configuration file (flags and environment variables override it).
+    #[arg(long, env = "OUTBOX_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace (or a tracing filter such as outbox=debug).
+    #[arg(long, env = "OUTBOX_LOG", global = true)]
+    pub log_level: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "OUTBOX_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded demo: SQLite, an order workload, a flaky sink, the relay, a summary.
+    Demo(DemoArgs),
+    /// Create or upgrade the outbox schema (idempotent).
+    Migrate,
+    /// Deliver events until SIGINT/SIGTERM, then finish the batch in flight and exit 0.
+    Relay(RelayArgs),
+    /// Pending events, the oldest pending age, retrying events, dead letters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and re-enqueue dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Delete published events older than a retention, in batches.
+    Cleanup(CleanupArgs),
+    /// Measure the relay (see BENCHMARKS.md).
+    Bench(crate::commands::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Where events go: nats://host:4222, stdout:, file:PATH
+    #[arg(long, env = "OUTBOX_SINK")]
+    pub sink: Option<String>,
+
+    /// Where events come from.
+    #[arg(long, env = "OUTBOX_SOURCE", value_enum)]
+    pub source: Option<SourceKind>,
+
+    /// Message format: default (the reference format), debezium, cloudevents.
+    #[arg(long, env = "OUTBOX_ENVELOPE")]
+    pub envelope: Option<String>,
+
+    /// Topic template, e.g. '{aggregate_type:lower}-events' (placeholders: aggregate_type,
+    /// aggregate_id, event_type; filters :lower, :upper).
+    #[arg(long, env = "OUTBOX_TOPIC")]
+    pub topic: Option<String>,
+
+    /// Largest batch claimed at once [default: 500].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Claim loops running at once on PostgreSQL [default: 2].
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Fallback poll interval when no notification arrives [default: 1s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
+
+    /// Failed attempts before an event moves to the dead-letter table [default: 10].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+
+    /// Backoff after the first failure [default: 1s].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub backoff_base: Option<std::time::Duration>,
+
+    /// Longest backoff [default: 5m].
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub backoff_max: Option<std::time::Duration>,
+
+    /// What a dead letter does to later events of its aggregate [default: wait].
+    #[arg(long, value_enum)]
+    pub on_dead_letter: Option<OnDeadLetter>,
+
+    /// JetStream stream for the NATS sink [default: OUTBOX].
+    #[arg(long, env = "OUTBOX_NATS_STREAM")]
+    pub nats_stream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Poll the outbox table (FOR UPDATE SKIP LOCKED, LISTEN/NOTIFY wake-ups).
+    Poll,
+    /// PostgreSQL logical replication.
+    Cdc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnDeadLetter {
+    /// Later events of the aggregate wait until the dead letter is replayed or purged.
+    Wait,
+    /// Later events of the aggregate are delivered.
+    Proceed,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter (by its id or the event's id) in full, as JSON.
+    Show {
+        /// Dead-letter id or event id.
+        id: String,
+    },
+    /// Move dead letters back into the outbox, keeping their id and order (all when no ID).
+    Replay {
+        /// Dead-letter ids or event ids.
+        ids: Vec<String>,
+    },
+    /// Delete dead letters for good (all when no ID); later events of their aggregates proceed.
+    Purge {
+        /// Dead-letter ids or event ids.
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Retention: delete published events older than this (e.g. 7d, 12h).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub older_than: std::time::Duration,
+
+    /// Rows deleted per transaction.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: i64,
+
+    /// Only count what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Orders to create.
+    #[arg(long, default_value_t = 3000)]
+    pub orders: usize,
+
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
+
+    /// Share of publishes the demo sink fails at random (retries show).
+    #[arg(long, default_value_t = 0.03)]
+    pub failure_rate: f64,
+
+    /// Directory for the demo database and the delivered-events file.
+    #[arg(long, default_value = "outbox-demo")]
+    pub dir: PathBuf,
+}

@@ -1,0 +1,48 @@
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use outbox_relay::Store;
+
+use crate::cli::CleanupArgs;
+use crate::error::CliError;
+
+pub async fn run(store: &Store, args: &CleanupArgs) -> Result<(), CliError> {
+    if args.batch_size < 1 {
+        return Err(CliError::usage("--batch-size must be at least 1"));
+    }
+    let retention = chrono::Duration::from_std(args.older_than)
+        .map_err(|_| CliError::usage("--older-than is too large"))?;
+    let cutoff = chrono::Utc::now() - retention;
+    let total = store.count_cleanable(cutoff).await?;
+    if args.dry_run {
+        println!(
+            "{total} published event(s) older than {} would be deleted (dry run)",
+            cutoff.to_rfc3339()
+        );
+        return Ok(());
+    }
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut deleted: u64 = 0;
+    loop {
+        let n = store.cleanup_batch(cutoff, args.batch_size).await?;
+        deleted += n;
+        if tty {
+            eprint!("\rdeleted {deleted}/{total}");
+        }
+        if n < args.batch_size as u64 {
+            break;
+        }
+        // Let writers and relays in between batches.
+        tokio::task::yield_now().await;
+    }
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "deleted {deleted} published event(s) older than {} in {:.1}s",
+        cutoff.to_rfc3339(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

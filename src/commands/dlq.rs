@@ -1,0 +1,59 @@
+use outbox_relay::Store;
+
+use super::parse_ids;
+use crate::cli::DlqCommand;
+use crate::error::CliError;
+
+pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
+    match cmd {
+        DlqCommand::List { limit, json } => {
+            let rows = store.dead_letters(*limit).await?;
+            if *json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r).map_err(|e| CliError::runtime(e.to_string()))?);
+                }
+            } else if rows.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!("{:<36}  {:<36}  {:<24}  {:<20}  ERROR", "ID", "EVENT ID", "AGGREGATE", "TYPE");
+                for r in &rows {
+                    let agg = format!("{}/{}", r.aggregate_type, r.aggregate_id);
+                    let err: String = r.error.chars().take(60).collect();
+                    println!(
+                        "{:<36}  {:<36}  {:<24}  {:<20}  {}",
+                        r.id, r.original_id, agg, r.event_type, err
+                    );
+                }
+            }
+        }
+        DlqCommand::Show { id } => {
+            let id = parse_ids(std::slice::from_ref(id))?[0];
+            match store.dead_letter(id).await? {
+                Some(r) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| CliError::runtime(e.to_string()))?
+                ),
+                None => return Err(CliError::runtime(format!("no dead letter with id {id}"))),
+            }
+        }
+        DlqCommand::Replay { ids } => {
+            let parsed = parse_ids(ids)?;
+            let filter = (!parsed.is_empty()).then_some(parsed.as_slice());
+            let replayed = store.replay(filter).await?;
+            println!("replayed {} event(s)", replayed.len());
+            if !parsed.is_empty() && replayed.len() < parsed.len() {
+                return Err(CliError::runtime(format!(
+                    "{} of the given ids matched no dead letter",
+                    parsed.len() - replayed.len()
+                )));
+            }
+        }
+        DlqCommand::Purge { ids } => {
+            let parsed = parse_ids(ids)?;
+            let filter = (!parsed.is_empty()).then_some(parsed.as_slice());
+            let n = store.purge(filter).await?;
+            println!("purged {n} dead letter(s)");
+        }
+    }
+    Ok(())
+}

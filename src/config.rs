@@ -1,0 +1,137 @@
+//! Configuration: flags, then environment variables, then the TOML file given with `--config`,
+//! then defaults. Unknown keys in the file are errors, so a typo never silently does nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::CliError;
+
+/// The TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub relay: RelaySection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    #[serde(default)]
+    pub nats: NatsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    pub source: Option<String>,
+    pub sink: Option<String>,
+    pub envelope: Option<String>,
+    pub topic: Option<String>,
+    pub batch_size: Option<usize>,
+    pub workers: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub poll_interval: Option<Duration>,
+    pub on_dead_letter: Option<String>,
+    pub cloudevents_source: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    #[serde(default, deserialize_with = "duration")]
+    pub base: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub jitter: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    pub stream: Option<String>,
+    pub subjects: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub ack_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| {
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}")))
+    })
+    .transpose()
+}
+
+/// Parses a duration flag such as `7d`, `12h`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 500ms, 5s, 2m or 7d: {e}"))
+}
+
+impl FileConfig {
+    /// Reads the file, or an empty configuration when no file is given.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, CliError> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            CliError::usage(format!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            database_url = "postgres://localhost/app"
+            [relay]
+            sink = "nats://127.0.0.1:4222"
+            batch_size = 200
+            poll_interval = "250ms"
+            on_dead_letter = "proceed"
+            [retry]
+            base = "2s"
+            max = "1m"
+            max_attempts = 4
+            [nats]
+            stream = "EVENTS"
+            subjects = ["order-events"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.relay.batch_size, Some(200));
+        assert_eq!(c.relay.poll_interval, Some(Duration::from_millis(250)));
+        assert_eq!(c.retry.max, Some(Duration::from_secs(60)));
+        assert_eq!(c.nats.subjects.unwrap(), vec!["order-events"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        assert!(toml::from_str::<FileConfig>("[relay]\nbatchsize = 3").is_err());
+        let e = toml::from_str::<FileConfig>("[retry]\nbase = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("not a duration"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The `outbox` command line: exit statuses and messages, status, dead letters, cleanup, SQLite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("outbox-cli-{}-{name}", uuid::Uuid::new_v4().simple()))
+}
+
+#[tokio::test]
+async fn bad_inputs_exit_2_with_one_clear_line() {
+    // Unknown sink scheme.
+    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "kafkaa://localhost:9092"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown sink") && r.stderr.contains("nats://"), "{}", r.stderr);
+
+    // No sink at all.
+    let r = outbox(Some("sqlite::memory:"), &["relay"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no sink: pass --sink"), "{}", r.stderr);
+
+    // Bad config file: unknown key.
+    let cfg = temp_path("bad.toml");
+    std::fs::write(&cfg, "[relay]\nbatchsize = 10\n").unwrap();
+    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--config", cfg.to_str().unwrap()]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("config file") && r.stderr.contains("batchsize"), "{}", r.stderr);
+    std::fs::remove_file(&cfg).unwrap();
+
+    // Bad values.
+    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--topic", "{nope}-events"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown placeholder {nope}"), "{}", r.stderr);
+    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--batch-size", "0"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("batch_size"), "{}", r.stderr);
+
+    // Unsupported database URL, with a password that must not be echoed.
+    let r = outbox(Some("mysql://app:hunter2@db/shop"), &["status"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unsupported database URL") && !r.stderr.contains("hunter2"), "{}", r.stderr);
+
+    // No database URL.
+    let r = outbox(None, &["status"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no database"), "{}", r.stderr);
+
+    // Not a UUID.
+    let r = outbox(Some("sqlite::memory:"), &["dlq", "show", "42"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is not an id"), "{}", r.stderr);
+
+    // Every one of these is a single line.
+    for r in [&r] {
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_database_exits_2_without_leaking_the_password() {
+    let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/shop";
+    for args in [vec!["relay", "--sink", "stdout:"], vec!["status"], vec!["migrate"]] {
+        let r = outbox(Some(url), &args).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/shop"), "{}", r.stderr);
+        assert!(!r.stderr.contains("s3cr3t"), "password leaked: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+}
+
+#[tokio::test]
+async fn missing_table_exits_2_with_the_migrate_hint() {
+    let db = require!(TestDb::create().await);
+    for args in [vec!["relay", "--sink", "stdout:"], vec!["status"], vec!["dlq", "list"], vec!["cleanup", "--older-than", "7d"]] {
+        let r = outbox(Some(&db.url), &args).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("run `outbox migrate`"), "{args:?}: {}", r.stderr);
+    }
+    let r = outbox(Some(&db.url), &["migrate"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("applied migration 1"), "{}", r.stdout);
+    let r = outbox(Some(&db.url), &["migrate"]).await;
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("up to date"), "{}", r.stdout);
+}
+
+async fn cleanup_fixture(url: &str, pg: bool) {
+    // Four kinds of rows: old published (deleted), recent published, old pending, old dead.
+    let q = if pg {
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at) VALUES
+           ('T', 'old', 'E', '{}', now() - interval '30 days', now() - interval '10 days'),
+           ('T', 'old', 'E', '{}', now() - interval '30 days', now() - interval '9 days'),
+           ('T', 'old', 'E', '{}', now() - interval '30 days', now() - interval '8 days'),
+           ('T', 'new', 'E', '{}', now() - interval '1 day', now() - interval '1 hour'),
+           ('T', 'pending', 'E', '{}', now() - interval '30 days', NULL);
+         INSERT INTO outbox_dead_letter (original_id, seq, aggregate_type, aggregate_id, event_type, payload, created_at, retry_count, error, failed_at)
+           VALUES (gen_random_uuid(), 999, 'T', 'dead', 'E', '{}', now() - interval '30 days', 5, 'x', now() - interval '20 days');"
+    } else {
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at) VALUES
+           ('T', 'old', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 days')),
+           ('T', 'old', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-9 days')),
+           ('T', 'old', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')),
+           ('T', 'new', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hours')),
+           ('T', 'pending', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), NULL);
+         INSERT INTO outbox_dead_letter (original_id, seq, aggregate_type, aggregate_id, event_type, payload, created_at, retry_count, error, failed_at)
+           VALUES ('00000000-0000-4000-8000-000000000001', 999, 'T', 'dead', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), 5, 'x', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-20 days'));"
+    };
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default()).await.unwrap();
+    match &store {
+        outbox_relay::Store::Postgres(p) => {
+            sqlx::Executor::execute(p, q).await.unwrap();
+        }
+        outbox_relay::Store::Sqlite(_) => {
+            sqlx::Executor::execute(store.sqlite_pool().unwrap(), q).await.unwrap();
+        }
+    }
+}
+
+async fn cleanup_removes_only_old_published(url: &str, pg: bool) {
+    let r = outbox(Some(url), &["migrate"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    cleanup_fixture(url, pg).await;
+
+    let r = outbox(Some(url), &["cleanup", "--older-than", "7d", "--dry-run"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("3 published event(s)"), "{}", r.stdout);
+
+    let r = outbox(Some(url), &["cleanup", "--older-than", "7d", "--batch-size", "2"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("deleted 3 published event(s)"), "{}", r.stdout);
+
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default()).await.unwrap();
+    let status = store.status().await.unwrap();
+    assert_eq!(status.pending, 1, "pending rows untouched");
+    assert_eq!(status.dead_letters, 1, "dead letters untouched");
+    assert_eq!(store.count_cleanable(chrono::Utc::now()).await.unwrap(), 1, "the recent published row stays");
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_published_rows_past_retention_postgres() {
+    let db = require!(TestDb::create().await);
+    cleanup_removes_only_old_published(&db.url, true).await;
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_published_rows_past_retention_sqlite() {
+    let path = temp_path("cleanup.db");
+    std::fs::File::create(&path).unwrap();
+    cleanup_removes_only_old_published(&format!("sqlite:{}", path.display()), false).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
+    let path = temp_path("relay.db");
+    let out = temp_path("events.jsonl");
+    std::fs::File::create(&path).unwrap();
+    let url = format!("sqlite:{}", path.display());
+    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+    {
+        let store = outbox_relay::Store::connect(&url, &Default::default()).await.unwrap();
+        let pool = store.sqlite_pool().unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for n in 0..50 {
+            let e = outbox::Event::new("Order", format!("o-{}", n % 5), "Step", serde_json::json!({ "n": n }));
+            outbox::enqueue(&mut *tx, &e).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let r = outbox(Some(&url), &["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status["pending"], 50);
+
+    let mut relay = spawn_relay(&url, &["--sink", &format!("file:{}", out.display()), "--poll-interval", "50ms"]);
+    let lines = wait_until(Duration::from_secs(20), "50 lines in the file", || async {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        (text.lines().count() >= 50).then_some(text)
+    })
+    .await;
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
+    let mut last = std::collections::HashMap::new();
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["topic"], "order-events");
+        let n = v["value"]["n"].as_i64().unwrap();
+        if let Some(prev) = last.insert(v["key"].as_str().unwrap().to_string(), n) {
+            assert!(n > prev, "order per aggregate");
+        }
+    }
+    let r = outbox(Some(&url), &["status"]).await;
+    assert!(r.stdout.contains("pending       0"), "{}", r.stdout);
+    let r = outbox(Some(&url), &["dlq", "list"]).await;
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("no dead letters"));
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&out);
+}
