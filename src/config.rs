@@ -69,15 +69,17 @@ pub struct LogSection {
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| {
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}"))
+        })
     })
     .transpose()
 }
 
 /// Parses a duration flag such as `7d`, `12h`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 500ms, 5s, 2m or 7d: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s, 2m or 7d: {e}"))
 }
 
 impl FileConfig {
@@ -86,8 +88,9 @@ impl FileConfig {
         let Some(path) = path else {
             return Ok(FileConfig::default());
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         toml::from_str(&text).map_err(|e| {
             CliError::usage(format!(
                 "config file {}: {}",

@@ -18,9 +18,16 @@ fn main() -> ExitCode {
         Err(e) => return report(e),
     };
     init_logging(&cli, &file);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(e) => return report(error::CliError::runtime(format!("cannot start the runtime: {e}"))),
+        Err(e) => {
+            return report(error::CliError::runtime(format!(
+                "cannot start the runtime: {e}"
+            )))
+        }
     };
     match runtime.block_on(commands::run(cli, file)) {
         Ok(()) => ExitCode::SUCCESS,

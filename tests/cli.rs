@@ -7,15 +7,26 @@ use std::time::Duration;
 use common::*;
 
 fn temp_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("outbox-cli-{}-{name}", uuid::Uuid::new_v4().simple()))
+    std::env::temp_dir().join(format!(
+        "outbox-cli-{}-{name}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 #[tokio::test]
 async fn bad_inputs_exit_2_with_one_clear_line() {
     // Unknown sink scheme.
-    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "kafkaa://localhost:9092"]).await;
+    let r = outbox(
+        Some("sqlite::memory:"),
+        &["relay", "--sink", "kafkaa://localhost:9092"],
+    )
+    .await;
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("unknown sink") && r.stderr.contains("nats://"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown sink") && r.stderr.contains("nats://"),
+        "{}",
+        r.stderr
+    );
 
     // No sink at all.
     let r = outbox(Some("sqlite::memory:"), &["relay"]).await;
@@ -25,23 +36,53 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
     // Bad config file: unknown key.
     let cfg = temp_path("bad.toml");
     std::fs::write(&cfg, "[relay]\nbatchsize = 10\n").unwrap();
-    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--config", cfg.to_str().unwrap()]).await;
+    let r = outbox(
+        Some("sqlite::memory:"),
+        &[
+            "relay",
+            "--sink",
+            "stdout:",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("config file") && r.stderr.contains("batchsize"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("config file") && r.stderr.contains("batchsize"),
+        "{}",
+        r.stderr
+    );
     std::fs::remove_file(&cfg).unwrap();
 
     // Bad values.
-    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--topic", "{nope}-events"]).await;
+    let r = outbox(
+        Some("sqlite::memory:"),
+        &["relay", "--sink", "stdout:", "--topic", "{nope}-events"],
+    )
+    .await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("unknown placeholder {nope}"), "{}", r.stderr);
-    let r = outbox(Some("sqlite::memory:"), &["relay", "--sink", "stdout:", "--batch-size", "0"]).await;
+    assert!(
+        r.stderr.contains("unknown placeholder {nope}"),
+        "{}",
+        r.stderr
+    );
+    let r = outbox(
+        Some("sqlite::memory:"),
+        &["relay", "--sink", "stdout:", "--batch-size", "0"],
+    )
+    .await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("batch_size"), "{}", r.stderr);
 
     // Unsupported database URL, with a password that must not be echoed.
     let r = outbox(Some("mysql://app:hunter2@db/shop"), &["status"]).await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("unsupported database URL") && !r.stderr.contains("hunter2"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unsupported database URL") && !r.stderr.contains("hunter2"),
+        "{}",
+        r.stderr
+    );
 
     // No database URL.
     let r = outbox(None, &["status"]).await;
@@ -62,11 +103,24 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
 #[tokio::test]
 async fn unreachable_database_exits_2_without_leaking_the_password() {
     let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/shop";
-    for args in [vec!["relay", "--sink", "stdout:"], vec!["status"], vec!["migrate"]] {
+    for args in [
+        vec!["relay", "--sink", "stdout:"],
+        vec!["status"],
+        vec!["migrate"],
+    ] {
         let r = outbox(Some(url), &args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/shop"), "{}", r.stderr);
-        assert!(!r.stderr.contains("s3cr3t"), "password leaked: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/shop"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("s3cr3t"),
+            "password leaked: {}",
+            r.stderr
+        );
         assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     }
 }
@@ -74,10 +128,19 @@ async fn unreachable_database_exits_2_without_leaking_the_password() {
 #[tokio::test]
 async fn missing_table_exits_2_with_the_migrate_hint() {
     let db = require!(TestDb::create().await);
-    for args in [vec!["relay", "--sink", "stdout:"], vec!["status"], vec!["dlq", "list"], vec!["cleanup", "--older-than", "7d"]] {
+    for args in [
+        vec!["relay", "--sink", "stdout:"],
+        vec!["status"],
+        vec!["dlq", "list"],
+        vec!["cleanup", "--older-than", "7d"],
+    ] {
         let r = outbox(Some(&db.url), &args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains("run `outbox migrate`"), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("run `outbox migrate`"),
+            "{args:?}: {}",
+            r.stderr
+        );
     }
     let r = outbox(Some(&db.url), &["migrate"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -108,13 +171,17 @@ async fn cleanup_fixture(url: &str, pg: bool) {
          INSERT INTO outbox_dead_letter (original_id, seq, aggregate_type, aggregate_id, event_type, payload, created_at, retry_count, error, failed_at)
            VALUES ('00000000-0000-4000-8000-000000000001', 999, 'T', 'dead', 'E', '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), 5, 'x', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-20 days'));"
     };
-    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default()).await.unwrap();
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default())
+        .await
+        .unwrap();
     match &store {
         outbox_relay::Store::Postgres(p) => {
             sqlx::Executor::execute(p, q).await.unwrap();
         }
         outbox_relay::Store::Sqlite(_) => {
-            sqlx::Executor::execute(store.sqlite_pool().unwrap(), q).await.unwrap();
+            sqlx::Executor::execute(store.sqlite_pool().unwrap(), q)
+                .await
+                .unwrap();
         }
     }
 }
@@ -128,15 +195,29 @@ async fn cleanup_removes_only_old_published(url: &str, pg: bool) {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("3 published event(s)"), "{}", r.stdout);
 
-    let r = outbox(Some(url), &["cleanup", "--older-than", "7d", "--batch-size", "2"]).await;
+    let r = outbox(
+        Some(url),
+        &["cleanup", "--older-than", "7d", "--batch-size", "2"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("deleted 3 published event(s)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("deleted 3 published event(s)"),
+        "{}",
+        r.stdout
+    );
 
-    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default()).await.unwrap();
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default())
+        .await
+        .unwrap();
     let status = store.status().await.unwrap();
     assert_eq!(status.pending, 1, "pending rows untouched");
     assert_eq!(status.dead_letters, 1, "dead letters untouched");
-    assert_eq!(store.count_cleanable(chrono::Utc::now()).await.unwrap(), 1, "the recent published row stays");
+    assert_eq!(
+        store.count_cleanable(chrono::Utc::now()).await.unwrap(),
+        1,
+        "the recent published row stays"
+    );
 }
 
 #[tokio::test]
@@ -161,11 +242,18 @@ async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
     let url = format!("sqlite:{}", path.display());
     assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
     {
-        let store = outbox_relay::Store::connect(&url, &Default::default()).await.unwrap();
+        let store = outbox_relay::Store::connect(&url, &Default::default())
+            .await
+            .unwrap();
         let pool = store.sqlite_pool().unwrap();
         let mut tx = pool.begin().await.unwrap();
         for n in 0..50 {
-            let e = outbox::Event::new("Order", format!("o-{}", n % 5), "Step", serde_json::json!({ "n": n }));
+            let e = outbox::Event::new(
+                "Order",
+                format!("o-{}", n % 5),
+                "Step",
+                serde_json::json!({ "n": n }),
+            );
             outbox::enqueue(&mut *tx, &e).await.unwrap();
         }
         tx.commit().await.unwrap();
@@ -174,7 +262,15 @@ async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
     let status: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(status["pending"], 50);
 
-    let mut relay = spawn_relay(&url, &["--sink", &format!("file:{}", out.display()), "--poll-interval", "50ms"]);
+    let mut relay = spawn_relay(
+        &url,
+        &[
+            "--sink",
+            &format!("file:{}", out.display()),
+            "--poll-interval",
+            "50ms",
+        ],
+    );
     let lines = wait_until(Duration::from_secs(20), "50 lines in the file", || async {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         (text.lines().count() >= 50).then_some(text)

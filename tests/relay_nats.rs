@@ -9,7 +9,14 @@ use serde_json::json;
 
 /// Topic template → subject for an aggregate type made unique per test.
 fn args<'a>(stream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--sink", "nats://127.0.0.1:4222", "--nats-stream", stream, "--poll-interval", "200ms"];
+    let mut v = vec![
+        "--sink",
+        "nats://127.0.0.1:4222",
+        "--nats-stream",
+        stream,
+        "--poll-interval",
+        "200ms",
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -23,8 +30,13 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
     let subject = format!("order{}-events", nats.prefix);
 
     // Library write, with a header, inside the caller's transaction.
-    let event = outbox::Event::new(&agg_type, "o-1", "OrderCreated", json!({"order_id": "o-1", "total": 9.5}))
-        .with_header("traceparent", "00-abc-01");
+    let event = outbox::Event::new(
+        &agg_type,
+        "o-1",
+        "OrderCreated",
+        json!({"order_id": "o-1", "total": 9.5}),
+    )
+    .with_header("traceparent", "00-abc-01");
     let mut tx = pool.begin().await.unwrap();
     outbox::enqueue(&mut *tx, &event).await.unwrap();
     tx.commit().await.unwrap();
@@ -42,9 +54,11 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
 
     let stream = nats.stream();
     let mut relay = spawn_relay(&db.url, &args(&stream, &[]));
-    wait_until(Duration::from_secs(20), "2 messages in the stream", || async {
-        (stream_len(&nats, &stream).await >= 2).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "2 messages in the stream",
+        || async { (stream_len(&nats, &stream).await >= 2).then_some(()) },
+    )
     .await;
     let msgs = nats.read_stream(&stream, 2, Duration::from_secs(10)).await;
     assert_eq!(msgs.len(), 2);
@@ -61,7 +75,11 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
     assert_eq!(h.get("traceparent").unwrap().as_str(), "00-abc-01");
     let value: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
     let created: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT created_at FROM outbox WHERE id = $1").bind(event.id()).fetch_one(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT created_at FROM outbox WHERE id = $1")
+            .bind(event.id())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         value,
         json!({
@@ -71,7 +89,9 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
         })
     );
     // Field order follows the reference: id, type, aggregate_id, timestamp, then the payload.
-    assert!(std::str::from_utf8(&first.payload).unwrap().starts_with(&format!("{{\"id\":\"{id}\",\"type\":")));
+    assert!(std::str::from_utf8(&first.payload)
+        .unwrap()
+        .starts_with(&format!("{{\"id\":\"{id}\",\"type\":")));
 
     let second = &msgs[1];
     assert_eq!(second.subject.as_str(), subject);
@@ -82,10 +102,17 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
     assert_eq!(value["reason"], "x");
 
     // Both rows are marked published.
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(pending, 0);
     relay.signal(libc::SIGTERM);
-    assert_eq!(relay.wait(Duration::from_secs(15)).await, 0, "SIGTERM exits 0");
+    assert_eq!(
+        relay.wait(Duration::from_secs(15)).await,
+        0,
+        "SIGTERM exits 0"
+    );
     nats.cleanup().await;
 }
 
@@ -109,14 +136,29 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval() {
         }
     };
     insert(1).await;
-    let mut relay = spawn_relay(&db.url, &["--sink", "nats://127.0.0.1:4222", "--nats-stream", &stream, "--poll-interval", "60s"]);
-    wait_until(Duration::from_secs(20), "the first event", || async { (stream_len(&nats, &stream).await >= 1).then_some(()) }).await;
+    let mut relay = spawn_relay(
+        &db.url,
+        &[
+            "--sink",
+            "nats://127.0.0.1:4222",
+            "--nats-stream",
+            &stream,
+            "--poll-interval",
+            "60s",
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the first event", || async {
+        (stream_len(&nats, &stream).await >= 1).then_some(())
+    })
+    .await;
     // The relay is now idle, waiting up to 60 s unless a notification wakes it.
     let started = std::time::Instant::now();
     insert(2).await;
-    wait_until(Duration::from_secs(5), "the second event, well within the 60 s poll interval", || async {
-        (stream_len(&nats, &stream).await >= 2).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the second event, well within the 60 s poll interval",
+        || async { (stream_len(&nats, &stream).await >= 2).then_some(()) },
+    )
     .await;
     eprintln!("plain-SQL insert → stream: {:?}", started.elapsed());
     relay.signal(libc::SIGTERM);
@@ -148,25 +190,40 @@ async fn sigkill_mid_drain_loses_nothing_and_keeps_order() {
     let relay_args = args(&stream, &["--batch-size", "100"]);
     for kill_at in [500u64, 3_000, 8_000, 14_000] {
         let mut relay = spawn_relay(&db.url, &relay_args);
-        wait_until(Duration::from_secs(60), "the relay to get mid-drain", || async {
-            (stream_len(&nats, &stream).await >= kill_at).then_some(())
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "the relay to get mid-drain",
+            || async { (stream_len(&nats, &stream).await >= kill_at).then_some(()) },
+        )
         .await;
         relay.kill().await;
     }
     writer.await.unwrap();
     let mut relay = spawn_relay(&db.url, &relay_args);
-    wait_until(Duration::from_secs(120), "every event published", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
-        (pending == 0).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "every event published",
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
     .await;
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
 
-    let msgs = nats.read_stream(&stream, total as usize * 2, Duration::from_secs(5)).await;
+    let msgs = nats
+        .read_stream(&stream, total as usize * 2, Duration::from_secs(5))
+        .await;
     let distinct = check_order(&msgs);
-    assert_eq!(distinct as u64, total, "every event delivered at least once");
+    assert_eq!(
+        distinct as u64, total,
+        "every event delivered at least once"
+    );
     nats.cleanup().await;
 }
 
@@ -187,10 +244,18 @@ async fn three_relays_at_once_lose_nothing_and_keep_order() {
         insert_sequenced(&pool, &agg, aggregates, 5, per + round * 5).await;
     }
     let total = aggregates * (per + 50);
-    wait_until(Duration::from_secs(120), "every event published", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await.unwrap();
-        (pending == 0).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "every event published",
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
     .await;
     for r in &relays {
         r.signal(libc::SIGTERM);
@@ -198,7 +263,9 @@ async fn three_relays_at_once_lose_nothing_and_keep_order() {
     for r in &mut relays {
         assert_eq!(r.wait(Duration::from_secs(15)).await, 0);
     }
-    let msgs = nats.read_stream(&stream, total * 2, Duration::from_secs(5)).await;
+    let msgs = nats
+        .read_stream(&stream, total * 2, Duration::from_secs(5))
+        .await;
     assert_eq!(check_order(&msgs), total);
     nats.cleanup().await;
 }
@@ -215,7 +282,11 @@ async fn a_failing_event_is_dead_lettered_while_others_flow_and_replay_redeliver
     let bad_subject = format!("bad{}-events", nats.prefix);
     // The stream captures only the good subject: publishes of `bad` find no stream.
     let config = std::env::temp_dir().join(format!("{}.toml", nats.prefix));
-    std::fs::write(&config, format!("[nats]\nsubjects = [\"{good_subject}\"]\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[nats]\nsubjects = [\"{good_subject}\"]\n"),
+    )
+    .unwrap();
 
     sqlx::query(
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
@@ -230,25 +301,49 @@ async fn a_failing_event_is_dead_lettered_while_others_flow_and_replay_redeliver
     let config_arg = config.to_string_lossy().to_string();
     let mut relay = spawn_relay(
         &db.url,
-        &args(&stream, &["--config", &config_arg, "--max-attempts", "3", "--backoff-base", "50ms", "--backoff-max", "200ms"]),
+        &args(
+            &stream,
+            &[
+                "--config",
+                &config_arg,
+                "--max-attempts",
+                "3",
+                "--backoff-base",
+                "50ms",
+                "--backoff-max",
+                "200ms",
+            ],
+        ),
     );
     // The good aggregates flow while the bad one retries.
-    wait_until(Duration::from_secs(30), "all good events", || async { (stream_len(&nats, &stream).await >= 200).then_some(()) }).await;
+    wait_until(Duration::from_secs(30), "all good events", || async {
+        (stream_len(&nats, &stream).await >= 200).then_some(())
+    })
+    .await;
     let dead = wait_until(Duration::from_secs(30), "the dead letter", || async {
         let rows: Vec<(uuid::Uuid, String, i32)> =
-            sqlx::query_as("SELECT original_id, error, retry_count FROM outbox_dead_letter").fetch_all(&pool).await.unwrap();
+            sqlx::query_as("SELECT original_id, error, retry_count FROM outbox_dead_letter")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         (!rows.is_empty()).then_some(rows)
     })
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].2, 3, "moved after max attempts");
-    assert!(dead[0].1.contains("gave up after 3 attempts") && dead[0].1.contains(&bad_subject), "{}", dead[0].1);
+    assert!(
+        dead[0].1.contains("gave up after 3 attempts") && dead[0].1.contains(&bad_subject),
+        "{}",
+        dead[0].1
+    );
     // Its aggregate's next event waits behind it.
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_type = $1 AND published_at IS NULL")
-        .bind(&bad)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE aggregate_type = $1 AND published_at IS NULL",
+    )
+    .bind(&bad)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(waiting, 1);
 
     // Fix the stream, replay: both events of the bad aggregate arrive, in order.
@@ -258,14 +353,25 @@ async fn a_failing_event_is_dead_lettered_while_others_flow_and_replay_redeliver
     nats.js.update_stream(cfg).await.unwrap();
     let replay = outbox(Some(&db.url), &["dlq", "replay"]).await;
     assert_eq!(replay.code, 0, "{}", replay.stderr);
-    assert!(replay.stdout.contains("replayed 1 event"), "{}", replay.stdout);
-    wait_until(Duration::from_secs(30), "the replayed events", || async { (stream_len(&nats, &stream).await >= 202).then_some(()) }).await;
+    assert!(
+        replay.stdout.contains("replayed 1 event"),
+        "{}",
+        replay.stdout
+    );
+    wait_until(Duration::from_secs(30), "the replayed events", || async {
+        (stream_len(&nats, &stream).await >= 202).then_some(())
+    })
+    .await;
     let msgs = nats.read_stream(&stream, 202, Duration::from_secs(5)).await;
     assert_eq!(check_order(&msgs), 202);
     let bad_ns: Vec<i64> = msgs
         .iter()
         .filter(|m| m.subject.as_str() == bad_subject)
-        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["n"].as_i64().unwrap())
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(bad_ns, vec![1, 2]);
     relay.signal(libc::SIGTERM);
@@ -282,12 +388,19 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_zero() {
     let stream = nats.stream();
     insert_sequenced(&pool, &format!("Term{}", nats.prefix), 500, 40, 0).await;
     let mut relay = spawn_relay(&db.url, &args(&stream, &["--batch-size", "200"]));
-    wait_until(Duration::from_secs(30), "the drain to start", || async { (stream_len(&nats, &stream).await >= 1000).then_some(()) }).await;
+    wait_until(Duration::from_secs(30), "the drain to start", || async {
+        (stream_len(&nats, &stream).await >= 1000).then_some(())
+    })
+    .await;
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
     // Every event that reached the stream was marked published: nothing acknowledged was left
     // unrecorded (the stream dedupes by id, so its count is the distinct deliveries).
-    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").fetch_one(&pool).await.unwrap();
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(published as u64, stream_len(&nats, &stream).await);
     assert!(published < 20_000, "stopped before the end of the backlog");
     nats.cleanup().await;

@@ -37,7 +37,11 @@ pub struct BenchArgs {
 
     /// PostgreSQL server to use. The benchmark creates, fills and drops its own database
     /// `outbox_bench` there and touches nothing else.
-    #[arg(long, env = "OUTBOX_BENCH_PG", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "OUTBOX_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg: String,
 
     /// Sink URL (nats://…, noop:, file:…). NATS publishes go to the stream OUTBOX_BENCH.
@@ -106,7 +110,9 @@ struct Machine {
 
 pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
     if args.events == 0 || args.aggregates == 0 {
-        return Err(CliError::usage("--events and --aggregates must be at least 1"));
+        return Err(CliError::usage(
+            "--events and --aggregates must be at least 1",
+        ));
     }
     let scenarios = if args.scenarios.is_empty() {
         vec![Scenario::Drain, Scenario::History]
@@ -140,16 +146,20 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
                     }
                 };
                 let r = drain(args, &admin, args.history, "history").await?;
-                report
-                    .ratios
-                    .push((format!("drain rate with {} published rows / without", args.history), r.events_per_second / base));
+                report.ratios.push((
+                    format!("drain rate with {} published rows / without", args.history),
+                    r.events_per_second / base,
+                ));
                 report.results.push(r);
             }
         }
     }
     drop_bench_db(&admin).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| CliError::runtime(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::runtime(e.to_string()))?
+        );
     } else {
         print_table(&report);
     }
@@ -198,9 +208,16 @@ fn progress(msg: &str) {
     }
 }
 
-async fn drain(args: &BenchArgs, admin: &sqlx::PgPool, history: usize, name: &'static str) -> Result<DrainResult, CliError> {
+async fn drain(
+    args: &BenchArgs,
+    admin: &sqlx::PgPool,
+    history: usize,
+    name: &'static str,
+) -> Result<DrainResult, CliError> {
     drop_bench_db(admin).await?;
-    sqlx::query(&format!("CREATE DATABASE {BENCH_DB}")).execute(admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {BENCH_DB}"))
+        .execute(admin)
+        .await?;
     let url = bench_url(&args.pg);
     let store = Store::connect(
         &url,
@@ -211,14 +228,19 @@ async fn drain(args: &BenchArgs, admin: &sqlx::PgPool, history: usize, name: &'s
     )
     .await?;
     store.migrate().await?;
-    let pool = store.pg_pool().cloned().ok_or_else(|| CliError::runtime("not PostgreSQL"))?;
+    let pool = store
+        .pg_pool()
+        .cloned()
+        .ok_or_else(|| CliError::runtime("not PostgreSQL"))?;
     let note = args.payload_bytes.saturating_sub(110);
     if history > 0 {
         let chunk = 250_000;
         let mut done = 0;
         while done < history {
             let n = chunk.min(history - done);
-            progress(&format!("[{name}] loading published history: {done}/{history}"));
+            progress(&format!(
+                "[{name}] loading published history: {done}/{history}"
+            ));
             sqlx::query(
                 "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at)
                  SELECT 'BenchOrder', 'old-' || (g % 50000), 'OrderCreated',
@@ -233,7 +255,10 @@ async fn drain(args: &BenchArgs, admin: &sqlx::PgPool, history: usize, name: &'s
             done += n;
         }
     }
-    progress(&format!("[{name}] loading a backlog of {} events", args.events));
+    progress(&format!(
+        "[{name}] loading a backlog of {} events",
+        args.events
+    ));
     sqlx::query(
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
          SELECT 'BenchOrder', 'order-' || (g % $2::bigint), 'OrderCreated',
@@ -331,7 +356,9 @@ async fn reset_stream(sink: &str) {
         return;
     }
     let server = sink.split('?').next().unwrap_or(sink);
-    if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(server)).await {
+    if let Ok(Ok(client)) =
+        tokio::time::timeout(Duration::from_secs(5), async_nats::connect(server)).await
+    {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(BENCH_STREAM).await;
     }
@@ -361,7 +388,11 @@ fn machine() -> Machine {
         .and_then(|m| {
             m.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<f64>().ok())
+                })
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     Machine {
@@ -379,17 +410,41 @@ fn print_table(r: &Report) {
     );
     println!(
         "postgres: {}",
-        r.postgres.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        r.postgres
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!();
     println!(
         "{:<10} {:<6} {:<24} {:>8} {:>10} {:>8} {:>9} {:>6} {:>7} {:>9} {:>12}",
-        "scenario", "source", "sink", "events", "aggregates", "payload", "history", "batch", "workers", "seconds", "events/s"
+        "scenario",
+        "source",
+        "sink",
+        "events",
+        "aggregates",
+        "payload",
+        "history",
+        "batch",
+        "workers",
+        "seconds",
+        "events/s"
     );
     for d in &r.results {
         println!(
             "{:<10} {:<6} {:<24} {:>8} {:>10} {:>8} {:>9} {:>6} {:>7} {:>9.2} {:>12.0}",
-            d.scenario, d.source, d.sink, d.events, d.aggregates, d.payload_bytes, d.history_rows, d.batch_size, d.workers, d.seconds, d.events_per_second
+            d.scenario,
+            d.source,
+            d.sink,
+            d.events,
+            d.aggregates,
+            d.payload_bytes,
+            d.history_rows,
+            d.batch_size,
+            d.workers,
+            d.seconds,
+            d.events_per_second
         );
     }
     for (what, ratio) in &r.ratios {

@@ -77,7 +77,11 @@ impl Sink for DemoSink {
     }
 
     fn describe(&self) -> String {
-        format!("demo ({} with {:.0}% failures)", self.inner.describe(), self.failure_rate * 100.0)
+        format!(
+            "demo ({} with {:.0}% failures)",
+            self.inner.describe(),
+            self.failure_rate * 100.0
+        )
     }
 }
 
@@ -86,7 +90,9 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
         return Err(CliError::usage("--failure-rate must be within 0..=0.5"));
     }
     if args.orders == 0 || args.writers == 0 || args.writers > 256 {
-        return Err(CliError::usage("--orders must be at least 1 and --writers within 1..=256"));
+        return Err(CliError::usage(
+            "--orders must be at least 1 and --writers within 1..=256",
+        ));
     }
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| CliError::runtime(format!("cannot create {}: {e}", args.dir.display())))?;
@@ -103,8 +109,17 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::runtime(format!("cannot remove {}: {e}", p.display())))?;
         }
     }
-    println!("outbox demo: {} orders from {} concurrent writers, SQLite at {}", args.orders, args.writers, db_path.display());
-    println!("relay → {} (a broker that fails {:.0}% of publishes; one poison order it refuses)", events_path.display(), args.failure_rate * 100.0);
+    println!(
+        "outbox demo: {} orders from {} concurrent writers, SQLite at {}",
+        args.orders,
+        args.writers,
+        db_path.display()
+    );
+    println!(
+        "relay → {} (a broker that fails {:.0}% of publishes; one poison order it refuses)",
+        events_path.display(),
+        args.failure_rate * 100.0
+    );
 
     let store = Store::connect(
         &format!("sqlite:{}", db_path.display()),
@@ -121,7 +136,10 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
         .cloned()
         .ok_or_else(|| CliError::runtime("the demo store is not SQLite"))?;
     let service = OrderService::new(pool.clone());
-    service.migrate().await.map_err(|e| CliError::runtime(format!("demo schema: {e}")))?;
+    service
+        .migrate()
+        .await
+        .map_err(|e| CliError::runtime(format!("demo schema: {e}")))?;
 
     let sink = Arc::new(DemoSink {
         inner: FileSink::create(&events_path).await?,
@@ -177,7 +195,8 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
         .create_order("poison-pill", vec![item(0)], 1.0)
         .await
         .map_err(|e| CliError::runtime(format!("writing the poison order: {e}")))?;
-    *sink.poison.write().unwrap_or_else(|p| p.into_inner()) = Some(poison.id.hyphenated().to_string());
+    *sink.poison.write().unwrap_or_else(|p| p.into_inner()) =
+        Some(poison.id.hyphenated().to_string());
     service
         .cancel_order(poison.id, "poison pill")
         .await
@@ -195,14 +214,26 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
             for i in 0..count {
                 let n = w * 1_000_000 + i;
                 let order = service
-                    .create_order(&format!("customer-{}", n % 97), vec![item(n), item(n + 1)], 19.9 + (n % 10) as f64)
+                    .create_order(
+                        &format!("customer-{}", n % 97),
+                        vec![item(n), item(n + 1)],
+                        19.9 + (n % 10) as f64,
+                    )
                     .await?;
                 let id = order.id.hyphenated().to_string();
-                commits.lock().unwrap_or_else(|p| p.into_inner()).insert((id.clone(), "OrderCreated".into()), Instant::now());
+                commits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((id.clone(), "OrderCreated".into()), Instant::now());
                 written.fetch_add(1, Ordering::Relaxed);
                 if n % 5 == 0 {
-                    service.cancel_order(order.id, "customer changed their mind").await?;
-                    commits.lock().unwrap_or_else(|p| p.into_inner()).insert((id, "OrderCancelled".into()), Instant::now());
+                    service
+                        .cancel_order(order.id, "customer changed their mind")
+                        .await?;
+                    commits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((id, "OrderCancelled".into()), Instant::now());
                     written.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -219,14 +250,20 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
     let writes_done = started.elapsed();
 
     // Everything but the poison order's two events gets delivered; the pill is dead-lettered.
-    wait_for(&store, Duration::from_secs(120), |s| s.dead_letters == 1 && s.pending == 1).await?;
+    wait_for(&store, Duration::from_secs(120), |s| {
+        s.dead_letters == 1 && s.pending == 1
+    })
+    .await?;
     let dead = store.dead_letters(10).await?;
     let pill_error = dead.first().map(|d| d.error.clone()).unwrap_or_default();
 
     // Repair the broker, replay the dead letter: both poison events now flow, in order.
     *sink.poison.write().unwrap_or_else(|p| p.into_inner()) = None;
     let replayed = store.replay(None).await?;
-    wait_for(&store, Duration::from_secs(60), |s| s.dead_letters == 0 && s.pending == 0).await?;
+    wait_for(&store, Duration::from_secs(60), |s| {
+        s.dead_letters == 0 && s.pending == 0
+    })
+    .await?;
     let drained = started.elapsed();
     shutdown.cancel();
     match relay_task.await {
@@ -246,17 +283,46 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
     println!();
     println!("summary");
     println!("  events written            {written_total}");
-    println!("  events delivered          {} ({} lines in the file, {} duplicates)", check.delivered, check.lines, check.lines - check.delivered);
-    println!("  failed attempts retried   {} ({} injected failures, {} refusals of the poison pill)", s.failed, sink.injected.load(Ordering::Relaxed), sink.poison_attempts.load(Ordering::Relaxed));
-    println!("  dead-lettered             {} (\"{}\"), replayed {}", s.dead_lettered, pill_error, replayed.len());
+    println!(
+        "  events delivered          {} ({} lines in the file, {} duplicates)",
+        check.delivered,
+        check.lines,
+        check.lines - check.delivered
+    );
+    println!(
+        "  failed attempts retried   {} ({} injected failures, {} refusals of the poison pill)",
+        s.failed,
+        sink.injected.load(Ordering::Relaxed),
+        sink.poison_attempts.load(Ordering::Relaxed)
+    );
+    println!(
+        "  dead-lettered             {} (\"{}\"), replayed {}",
+        s.dead_lettered,
+        pill_error,
+        replayed.len()
+    );
     println!("  lost                      {}", check.lost);
     println!("  order violations          {}", check.order_violations);
-    println!("  writes took               {:.2}s", writes_done.as_secs_f64());
-    println!("  throughput                {:.0} events/s (written and delivered in {:.2}s)", check.delivered as f64 / drained.as_secs_f64(), drained.as_secs_f64());
+    println!(
+        "  writes took               {:.2}s",
+        writes_done.as_secs_f64()
+    );
+    println!(
+        "  throughput                {:.0} events/s (written and delivered in {:.2}s)",
+        check.delivered as f64 / drained.as_secs_f64(),
+        drained.as_secs_f64()
+    );
     if let Some((p50, p99)) = latencies {
-        println!("  commit → delivery         p50 {:.1} ms, p99 {:.1} ms", p50, p99);
+        println!(
+            "  commit → delivery         p50 {:.1} ms, p99 {:.1} ms",
+            p50, p99
+        );
     }
-    println!("  files                     {} and {}", db_path.display(), events_path.display());
+    println!(
+        "  files                     {} and {}",
+        db_path.display(),
+        events_path.display()
+    );
     if check.lost > 0 || check.order_violations > 0 || written_total != expected.len() as u64 {
         return Err(CliError::runtime(format!(
             "demo check failed: {} lost, {} order violations, {} written vs {} in the table",
@@ -277,9 +343,18 @@ fn item(n: usize) -> Item {
     }
 }
 
-async fn progress_line(store: Store, stats: Arc<outbox_relay::Stats>, written: Arc<AtomicU64>, stop: CancellationToken) {
+async fn progress_line(
+    store: Store,
+    stats: Arc<outbox_relay::Stats>,
+    written: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(2) };
+    let every = if tty {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -329,10 +404,17 @@ async fn wait_for(
 }
 
 /// id → (aggregate id, seq) for every event in the table.
-async fn expected_events(pool: &sqlx::SqlitePool) -> Result<HashMap<String, (String, i64)>, CliError> {
+async fn expected_events(
+    pool: &sqlx::SqlitePool,
+) -> Result<HashMap<String, (String, i64)>, CliError> {
     let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT id, aggregate_id, seq FROM outbox").fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|(id, agg, seq)| (id, (agg, seq))).collect())
+        sqlx::query_as("SELECT id, aggregate_id, seq FROM outbox")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, agg, seq)| (id, (agg, seq)))
+        .collect())
 }
 
 struct FileCheck {
@@ -343,8 +425,12 @@ struct FileCheck {
 }
 
 /// Reads the delivered file: first deliveries per aggregate must come in `seq` order.
-fn check_file(path: &Path, expected: &HashMap<String, (String, i64)>) -> Result<FileCheck, CliError> {
-    let file = std::fs::File::open(path).map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
+fn check_file(
+    path: &Path,
+    expected: &HashMap<String, (String, i64)>,
+) -> Result<FileCheck, CliError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut last_seq: HashMap<String, i64> = HashMap::new();
     let (mut lines, mut violations) = (0, 0);
@@ -353,7 +439,9 @@ fn check_file(path: &Path, expected: &HashMap<String, (String, i64)>) -> Result<
         lines += 1;
         let v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| CliError::runtime(format!("bad line in {}: {e}", path.display())))?;
-        let Some(id) = v["headers"]["id"].as_str() else { continue };
+        let Some(id) = v["headers"]["id"].as_str() else {
+            continue;
+        };
         if !seen.insert(id.to_string()) {
             continue; // a duplicate (at-least-once); only first deliveries count for order
         }
@@ -375,7 +463,10 @@ fn check_file(path: &Path, expected: &HashMap<String, (String, i64)>) -> Result<
 }
 
 /// p50 and p99 commit → first delivery, in milliseconds.
-fn latency(commits: &Mutex<HashMap<EventKey, Instant>>, delivered: &Mutex<HashMap<EventKey, Instant>>) -> Option<(f64, f64)> {
+fn latency(
+    commits: &Mutex<HashMap<EventKey, Instant>>,
+    delivered: &Mutex<HashMap<EventKey, Instant>>,
+) -> Option<(f64, f64)> {
     let commits = commits.lock().unwrap_or_else(|p| p.into_inner());
     let delivered = delivered.lock().unwrap_or_else(|p| p.into_inner());
     let mut h = hdrhistogram::Histogram::<u64>::new(3).ok()?;
@@ -385,5 +476,10 @@ fn latency(commits: &Mutex<HashMap<EventKey, Instant>>, delivered: &Mutex<HashMa
             let _ = h.record(at.saturating_duration_since(*committed).as_micros() as u64);
         }
     }
-    (!h.is_empty()).then(|| (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0))
+    (!h.is_empty()).then(|| {
+        (
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        )
+    })
 }

@@ -10,12 +10,18 @@ pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
             let rows = store.dead_letters(*limit).await?;
             if *json {
                 for r in &rows {
-                    println!("{}", serde_json::to_string(r).map_err(|e| CliError::runtime(e.to_string()))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(r).map_err(|e| CliError::runtime(e.to_string()))?
+                    );
                 }
             } else if rows.is_empty() {
                 println!("no dead letters");
             } else {
-                println!("{:<36}  {:<36}  {:<24}  {:<20}  ERROR", "ID", "EVENT ID", "AGGREGATE", "TYPE");
+                println!(
+                    "{:<36}  {:<36}  {:<24}  {:<20}  ERROR",
+                    "ID", "EVENT ID", "AGGREGATE", "TYPE"
+                );
                 for r in &rows {
                     let agg = format!("{}/{}", r.aggregate_type, r.aggregate_id);
                     let err: String = r.error.chars().take(60).collect();
@@ -31,7 +37,8 @@ pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
             match store.dead_letter(id).await? {
                 Some(r) => println!(
                     "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| CliError::runtime(e.to_string()))?
+                    serde_json::to_string_pretty(&r)
+                        .map_err(|e| CliError::runtime(e.to_string()))?
                 ),
                 None => return Err(CliError::runtime(format!("no dead letter with id {id}"))),
             }

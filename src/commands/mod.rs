@@ -40,7 +40,11 @@ pub fn database_url(cli: &Cli, file: &FileConfig) -> Result<String, CliError> {
         })
 }
 
-pub async fn connect(cli: &Cli, file: &FileConfig, max_connections: u32) -> Result<Store, CliError> {
+pub async fn connect(
+    cli: &Cli,
+    file: &FileConfig,
+    max_connections: u32,
+) -> Result<Store, CliError> {
     let url = database_url(cli, file)?;
     let options = ConnectOptions {
         max_connections,
@@ -53,8 +57,9 @@ pub async fn connect(cli: &Cli, file: &FileConfig, max_connections: u32) -> Resu
 pub fn parse_ids(ids: &[String]) -> Result<Vec<uuid::Uuid>, CliError> {
     ids.iter()
         .map(|s| {
-            uuid::Uuid::parse_str(s)
-                .map_err(|_| CliError::usage(format!("{s:?} is not an id (a UUID such as 0190a6b2-…)")))
+            uuid::Uuid::parse_str(s).map_err(|_| {
+                CliError::usage(format!("{s:?} is not an id (a UUID such as 0190a6b2-…)"))
+            })
         })
         .collect()
 }

@@ -52,7 +52,9 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
         .or(file.relay.envelope.as_deref())
         .unwrap_or("default");
     let mut envelope = Envelope::parse(envelope_name).map_err(CliError::usage)?;
-    if let (Envelope::CloudEvents { source }, Some(s)) = (&mut envelope, &file.relay.cloudevents_source) {
+    if let (Envelope::CloudEvents { source }, Some(s)) =
+        (&mut envelope, &file.relay.cloudevents_source)
+    {
         *source = s.clone();
     }
     let topic = args
@@ -86,14 +88,20 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
                 .unwrap_or(defaults.poll.poll_interval),
             dead_letters_block: on_dead_letter == OnDeadLetter::Wait,
         },
-        workers: args.workers.or(file.relay.workers).unwrap_or(defaults.workers),
+        workers: args
+            .workers
+            .or(file.relay.workers)
+            .unwrap_or(defaults.workers),
         max_in_flight: file.relay.max_in_flight.unwrap_or(defaults.max_in_flight),
         retry: RetryPolicy {
             base: args
                 .backoff_base
                 .or(file.retry.base)
                 .unwrap_or(retry_defaults.base),
-            max: args.backoff_max.or(file.retry.max).unwrap_or(retry_defaults.max),
+            max: args
+                .backoff_max
+                .or(file.retry.max)
+                .unwrap_or(retry_defaults.max),
             max_attempts: args
                 .max_attempts
                 .or(file.retry.max_attempts)
@@ -108,7 +116,11 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
     #[cfg(feature = "nats")]
     {
         let nats = &mut sink_options.nats;
-        if let Some(s) = args.nats_stream.clone().or_else(|| file.nats.stream.clone()) {
+        if let Some(s) = args
+            .nats_stream
+            .clone()
+            .or_else(|| file.nats.stream.clone())
+        {
             nats.stream = s;
         }
         if let Some(s) = &file.nats.subjects {

@@ -24,7 +24,10 @@ pub struct Run {
 /// Runs `outbox ARGS` with `DATABASE_URL=db_url` (if given) and waits (bounded) for it.
 pub async fn outbox(db_url: Option<&str>, args: &[&str]) -> Run {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("DATABASE_URL").env_remove("OUTBOX_SINK").kill_on_drop(true);
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("OUTBOX_SINK")
+        .kill_on_drop(true);
     if let Some(url) = db_url {
         cmd.env("DATABASE_URL", url);
     }
@@ -76,7 +79,9 @@ impl RelayProcess {
             .await
             .expect("relay exited in time")
             .expect("wait for relay");
-        status.code().unwrap_or_else(|| -std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0))
+        status
+            .code()
+            .unwrap_or_else(|| -std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0))
     }
 
     /// SIGKILL and reap.
@@ -115,13 +120,21 @@ pub async fn stream_len(nats: &TestNats, stream: &str) -> u64 {
 /// Migrates a PostgreSQL test database through the library.
 pub async fn migrate(db: &TestDb) -> sqlx::PgPool {
     let pool = db.pool().await;
-    outbox::migrate(&mut *pool.acquire().await.expect("acquire")).await.expect("migrate");
+    outbox::migrate(&mut *pool.acquire().await.expect("acquire"))
+        .await
+        .expect("migrate");
     pool
 }
 
 /// Inserts `per` events for each of `aggregates` aggregates of type `agg_type`, interleaved,
 /// with payload `{"n": k}` counting up per aggregate from `start`.
-pub async fn insert_sequenced(pool: &sqlx::PgPool, agg_type: &str, aggregates: usize, per: usize, start: usize) {
+pub async fn insert_sequenced(
+    pool: &sqlx::PgPool,
+    agg_type: &str,
+    aggregates: usize,
+    per: usize,
+    start: usize,
+) {
     sqlx::query(
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
          SELECT $1, 'a' || (g % $2), 'Step', jsonb_build_object('n', $4 + g / $2)
@@ -153,7 +166,10 @@ pub fn check_order(messages: &[async_nats::jetstream::Message]) -> usize {
         let n = v["n"].as_i64().expect("n in payload");
         let prev = last.insert(key.clone(), n);
         if let Some(p) = prev {
-            assert!(n > p, "order violated for aggregate {key}: {n} delivered first after {p}");
+            assert!(
+                n > p,
+                "order violated for aggregate {key}: {n} delivered first after {p}"
+            );
         }
     }
     seen.len()

@@ -90,12 +90,23 @@ impl Store {
                 let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                     .map_err(|e| Error::Config(format!("invalid database URL {redacted}: {e}")))?
                     .application_name("outbox");
+                // One direct attempt first: a refused or misconfigured connection is reported
+                // at once, instead of after the pool's retries run out.
+                let first = tokio::time::timeout(
+                    options.connect_timeout,
+                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+                )
+                .await
+                .map_err(|_| Error::Connect {
+                    url: redacted.clone(),
+                    reason: format!("no answer within {:?}", options.connect_timeout),
+                })?
+                .map_err(connect_err)?;
+                let _ = sqlx::Connection::close(first).await;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(options.max_connections.max(1))
                     .acquire_timeout(options.connect_timeout)
-                    .connect_with(opts)
-                    .await
-                    .map_err(connect_err)?;
+                    .connect_lazy_with(opts);
                 Ok(Store::Postgres(pool))
             }
             Backend::Sqlite => Ok(Store::Sqlite(
