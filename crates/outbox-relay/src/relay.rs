@@ -240,7 +240,7 @@ pub async fn deliver(
             outcomes[i] = outcome;
         }
     }
-    if outcomes.iter().any(|o| *o == Outcome::Delivered) {
+    if outcomes.contains(&Outcome::Delivered) {
         if let Err(e) = sink.flush().await {
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = Outcome::Failed(SinkError::retryable(format!("flush: {e}")));

@@ -365,13 +365,13 @@ pub(super) async fn count_cleanable(
     pool: &SqlitePool,
     cutoff: DateTime<Utc>,
 ) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1",
     )
     .bind(ts(cutoff))
     .fetch_one(pool)
     .await
-    .map_err(db)?)
+    .map_err(db)
 }
 
 pub(super) async fn cleanup_batch(
