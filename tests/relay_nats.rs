@@ -54,12 +54,7 @@ async fn library_and_plain_sql_events_reach_nats_per_the_contract() {
 
     let stream = nats.stream();
     let mut relay = spawn_relay(&db.url, &args(&stream, &[]));
-    wait_until(
-        Duration::from_secs(20),
-        "2 messages in the stream",
-        || async { (stream_len(&nats, &stream).await >= 2).then_some(()) },
-    )
-    .await;
+    wait_stream_len(&nats, &stream, 2, Duration::from_secs(20)).await;
     let msgs = nats.read_stream(&stream, 2, Duration::from_secs(10)).await;
     assert_eq!(msgs.len(), 2);
 
@@ -147,19 +142,11 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval() {
             "60s",
         ],
     );
-    wait_until(Duration::from_secs(20), "the first event", || async {
-        (stream_len(&nats, &stream).await >= 1).then_some(())
-    })
-    .await;
+    wait_stream_len(&nats, &stream, 1, Duration::from_secs(20)).await;
     // The relay is now idle, waiting up to 60 s unless a notification wakes it.
     let started = std::time::Instant::now();
     insert(2).await;
-    wait_until(
-        Duration::from_secs(5),
-        "the second event, well within the 60 s poll interval",
-        || async { (stream_len(&nats, &stream).await >= 2).then_some(()) },
-    )
-    .await;
+    wait_stream_len(&nats, &stream, 2, Duration::from_secs(5)).await;
     eprintln!("plain-SQL insert → stream: {:?}", started.elapsed());
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
@@ -190,29 +177,12 @@ async fn sigkill_mid_drain_loses_nothing_and_keeps_order() {
     let relay_args = args(&stream, &["--batch-size", "100"]);
     for kill_at in [500u64, 3_000, 8_000, 14_000] {
         let mut relay = spawn_relay(&db.url, &relay_args);
-        wait_until(
-            Duration::from_secs(60),
-            "the relay to get mid-drain",
-            || async { (stream_len(&nats, &stream).await >= kill_at).then_some(()) },
-        )
-        .await;
+        wait_stream_len(&nats, &stream, kill_at, Duration::from_secs(60)).await;
         relay.kill().await;
     }
     writer.await.unwrap();
     let mut relay = spawn_relay(&db.url, &relay_args);
-    wait_until(
-        Duration::from_secs(120),
-        "every event published",
-        || async {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            (pending == 0).then_some(())
-        },
-    )
-    .await;
+    wait_all_published(&pool, Duration::from_secs(120)).await;
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
 
@@ -244,19 +214,7 @@ async fn three_relays_at_once_lose_nothing_and_keep_order() {
         insert_sequenced(&pool, &agg, aggregates, 5, per + round * 5).await;
     }
     let total = aggregates * (per + 50);
-    wait_until(
-        Duration::from_secs(120),
-        "every event published",
-        || async {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            (pending == 0).then_some(())
-        },
-    )
-    .await;
+    wait_all_published(&pool, Duration::from_secs(120)).await;
     for r in &relays {
         r.signal(libc::SIGTERM);
     }
@@ -316,10 +274,7 @@ async fn a_failing_event_is_dead_lettered_while_others_flow_and_replay_redeliver
         ),
     );
     // The good aggregates flow while the bad one retries.
-    wait_until(Duration::from_secs(30), "all good events", || async {
-        (stream_len(&nats, &stream).await >= 200).then_some(())
-    })
-    .await;
+    wait_stream_len(&nats, &stream, 200, Duration::from_secs(30)).await;
     let dead = wait_until(Duration::from_secs(30), "the dead letter", || async {
         let rows: Vec<(uuid::Uuid, String, i32)> =
             sqlx::query_as("SELECT original_id, error, retry_count FROM outbox_dead_letter")
@@ -358,10 +313,7 @@ async fn a_failing_event_is_dead_lettered_while_others_flow_and_replay_redeliver
         "{}",
         replay.stdout
     );
-    wait_until(Duration::from_secs(30), "the replayed events", || async {
-        (stream_len(&nats, &stream).await >= 202).then_some(())
-    })
-    .await;
+    wait_stream_len(&nats, &stream, 202, Duration::from_secs(30)).await;
     let msgs = nats.read_stream(&stream, 202, Duration::from_secs(5)).await;
     assert_eq!(check_order(&msgs), 202);
     let bad_ns: Vec<i64> = msgs
@@ -388,10 +340,7 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_zero() {
     let stream = nats.stream();
     insert_sequenced(&pool, &format!("Term{}", nats.prefix), 500, 40, 0).await;
     let mut relay = spawn_relay(&db.url, &args(&stream, &["--batch-size", "200"]));
-    wait_until(Duration::from_secs(30), "the drain to start", || async {
-        (stream_len(&nats, &stream).await >= 1000).then_some(())
-    })
-    .await;
+    wait_stream_len(&nats, &stream, 1000, Duration::from_secs(30)).await;
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
     // Every event that reached the stream was marked published: nothing acknowledged was left

@@ -117,6 +117,32 @@ pub async fn stream_len(nats: &TestNats, stream: &str) -> u64 {
     }
 }
 
+/// Pending (unpublished) events in the outbox table.
+pub async fn pending(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .expect("count pending")
+}
+
+/// Waits (bounded) until no event is pending.
+pub async fn wait_all_published(pool: &sqlx::PgPool, limit: Duration) {
+    wait_until(limit, "every event published", || async {
+        (pending(pool).await == 0).then_some(())
+    })
+    .await;
+}
+
+/// Waits (bounded) until the stream holds at least `n` messages.
+pub async fn wait_stream_len(nats: &TestNats, stream: &str, n: u64, limit: Duration) {
+    wait_until(
+        limit,
+        &format!("{n} messages in stream {stream}"),
+        || async { (stream_len(nats, stream).await >= n).then_some(()) },
+    )
+    .await;
+}
+
 /// Migrates a PostgreSQL test database through the library.
 pub async fn migrate(db: &TestDb) -> sqlx::PgPool {
     let pool = db.pool().await;
