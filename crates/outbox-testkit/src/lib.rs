@@ -107,11 +107,20 @@ impl Drop for TestDb {
                     if let Ok(mut c) =
                         <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
                     {
-                        let _ = sqlx::Executor::execute(
-                            &mut c,
-                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                        )
-                        .await;
+                        // Logical replication slots pin a database: stop and drop them first.
+                        for sql in [
+                            format!(
+                                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                                 WHERE database = '{name}' AND active_pid IS NOT NULL"
+                            ),
+                            format!(
+                                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                                 WHERE database = '{name}' AND NOT active"
+                            ),
+                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                        ] {
+                            let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
+                        }
                     }
                 });
             }
