@@ -18,9 +18,25 @@ pub struct FileConfig {
     #[serde(default)]
     pub retry: RetrySection,
     #[serde(default)]
-    pub nats: NatsSection,
-    #[serde(default)]
     pub log: LogSection,
+    #[cfg(feature = "nats")]
+    #[serde(default)]
+    pub nats: outbox_relay::sink::nats::NatsOptions,
+    #[cfg(feature = "kafka")]
+    #[serde(default)]
+    pub kafka: outbox_relay::sink::kafka::KafkaOptions,
+    #[cfg(feature = "amqp")]
+    #[serde(default)]
+    pub amqp: outbox_relay::sink::amqp::AmqpOptions,
+    #[cfg(feature = "redis")]
+    #[serde(default)]
+    pub redis: outbox_relay::sink::redis_streams::RedisOptions,
+    #[cfg(feature = "mqtt")]
+    #[serde(default)]
+    pub mqtt: outbox_relay::sink::mqtt::MqttOptions,
+    #[cfg(feature = "http")]
+    #[serde(default)]
+    pub http: outbox_relay::sink::webhook::WebhookOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,15 +64,6 @@ pub struct RetrySection {
     pub max: Option<Duration>,
     pub max_attempts: Option<u32>,
     pub jitter: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSection {
-    pub stream: Option<String>,
-    pub subjects: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "duration")]
-    pub ack_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,7 +135,8 @@ mod tests {
         assert_eq!(c.relay.batch_size, Some(200));
         assert_eq!(c.relay.poll_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.retry.max, Some(Duration::from_secs(60)));
-        assert_eq!(c.nats.subjects.unwrap(), vec!["order-events"]);
+        assert_eq!(c.nats.subjects, vec!["order-events"]);
+        assert_eq!(c.nats.stream, "EVENTS");
     }
 
     #[test]

@@ -290,10 +290,31 @@ async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
 #[tokio::test]
 async fn the_demo_loses_nothing_and_keeps_order() {
     let dir = temp_path("demo");
-    let r = outbox(None, &["demo", "--orders", "400", "--writers", "4", "--dir", dir.to_str().unwrap()]).await;
+    let r = outbox(
+        None,
+        &[
+            "demo",
+            "--orders",
+            "400",
+            "--writers",
+            "4",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    for line in ["lost                      0", "order violations          0", "dead-lettered             1", "replayed 1"] {
-        assert!(r.stdout.contains(line), "missing {line:?} in:\n{}", r.stdout);
+    for line in [
+        "lost                      0",
+        "order violations          0",
+        "dead-lettered             1",
+        "replayed 1",
+    ] {
+        assert!(
+            r.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            r.stdout
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

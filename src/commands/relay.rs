@@ -111,25 +111,26 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
     };
     config.validate()?;
 
-    #[allow(unused_mut)]
-    let mut sink_options = SinkOptions::default();
-    #[cfg(feature = "nats")]
-    {
-        let nats = &mut sink_options.nats;
-        if let Some(s) = args
-            .nats_stream
-            .clone()
-            .or_else(|| file.nats.stream.clone())
-        {
-            nats.stream = s;
-        }
-        if let Some(s) = &file.nats.subjects {
-            nats.subjects = s.clone();
-        }
-        if let Some(t) = file.nats.ack_timeout {
-            nats.ack_timeout = t;
-        }
-    }
+    let sink_options = SinkOptions {
+        #[cfg(feature = "nats")]
+        nats: {
+            let mut nats = file.nats.clone();
+            if let Some(s) = &args.nats_stream {
+                nats.stream = s.clone();
+            }
+            nats
+        },
+        #[cfg(feature = "kafka")]
+        kafka: file.kafka.clone(),
+        #[cfg(feature = "amqp")]
+        amqp: file.amqp.clone(),
+        #[cfg(feature = "redis")]
+        redis: file.redis.clone(),
+        #[cfg(feature = "mqtt")]
+        mqtt: file.mqtt.clone(),
+        #[cfg(feature = "http")]
+        http: file.http.clone(),
+    };
     Ok(Settings {
         sink_url,
         router,

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+mod proxy;
+pub use proxy::Proxy;
+
 /// PostgreSQL admin URL (override with `OUTBOX_TEST_PG`).
 pub fn pg_admin_url() -> String {
     std::env::var("OUTBOX_TEST_PG")

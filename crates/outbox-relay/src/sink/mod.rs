@@ -7,9 +7,19 @@
 //! Adding a sink: implement [`Sink`] in a new file, add its URL scheme to [`from_url`], put it
 //! behind a cargo feature.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 mod jsonl;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
+#[cfg(feature = "http")]
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -133,12 +143,49 @@ impl<S: Sink + ?Sized> Sink for Arc<S> {
     }
 }
 
-/// Options for the sinks that take any, beyond their URL.
-#[derive(Debug, Clone, Default)]
+/// Options for the sinks, beyond their URL: one section each in the configuration file
+/// (`[nats]`, `[kafka]`, `[amqp]`, `[redis]`, `[mqtt]`, `[http]`). A sink's URL query parameters
+/// override its section.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SinkOptions {
     /// NATS JetStream settings.
     #[cfg(feature = "nats")]
     pub nats: nats::NatsOptions,
+    /// Kafka settings.
+    #[cfg(feature = "kafka")]
+    pub kafka: kafka::KafkaOptions,
+    /// RabbitMQ settings.
+    #[cfg(feature = "amqp")]
+    pub amqp: amqp::AmqpOptions,
+    /// Redis Streams settings.
+    #[cfg(feature = "redis")]
+    pub redis: redis_streams::RedisOptions,
+    /// MQTT settings.
+    #[cfg(feature = "mqtt")]
+    pub mqtt: mqtt::MqttOptions,
+    /// HTTP webhook settings.
+    #[cfg(feature = "http")]
+    pub http: webhook::WebhookOptions,
+}
+
+/// Serde helper: durations written as `500ms`, `5s`, `2m`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes a humantime duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// Parses `500ms`, `5s`, `2m`, `1h`.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}"))
+    }
 }
 
 /// The URL schemes this build can deliver to.
@@ -146,6 +193,21 @@ pub fn supported_schemes() -> Vec<&'static str> {
     let mut v = vec!["stdout:", "file:PATH", "noop:"];
     if cfg!(feature = "nats") {
         v.push("nats://host:4222");
+    }
+    if cfg!(feature = "kafka") {
+        v.push("kafka://host:9092");
+    }
+    if cfg!(feature = "amqp") {
+        v.push("amqp://user:pass@host:5672/vhost");
+    }
+    if cfg!(feature = "redis") {
+        v.push("redis://host:6379");
+    }
+    if cfg!(feature = "mqtt") {
+        v.push("mqtt://host:1883");
+    }
+    if cfg!(feature = "http") {
+        v.push("http(s)://host/path");
     }
     v
 }
@@ -168,6 +230,22 @@ pub async fn from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Sink>,
         }
         #[cfg(feature = "nats")]
         "nats" | "tls" => Ok(Arc::new(nats::NatsSink::connect(url, &options.nats).await?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(
+            kafka::KafkaSink::connect(url, &options.kafka).await?,
+        )),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpSink::connect(url, &options.amqp).await?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(
+            redis_streams::RedisSink::connect(url, &options.redis).await?,
+        )),
+        #[cfg(feature = "mqtt")]
+        "mqtt" | "mqtts" => Ok(Arc::new(mqtt::MqttSink::connect(url, &options.mqtt).await?)),
+        #[cfg(feature = "http")]
+        "http" | "https" => Ok(Arc::new(
+            webhook::WebhookSink::connect(url, &options.http).await?,
+        )),
         _ => Err(crate::Error::Config(format!(
             "unknown sink {:?}: supported sinks are {}",
             crate::redact_url(url),

@@ -19,13 +19,15 @@ use async_trait::async_trait;
 use super::{Message, Sink, SinkError};
 
 /// NATS JetStream settings (config section `[nats]`, or URL query `?stream=NAME`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NatsOptions {
     /// Stream that receives the events; created when missing.
     pub stream: String,
     /// Subjects the stream captures. Empty: start from none and add each topic as it appears.
     pub subjects: Vec<String>,
     /// How long to wait for the stream's acknowledgement before retrying.
+    #[serde(with = "super::duration")]
     pub ack_timeout: Duration,
 }
 
@@ -68,11 +70,8 @@ impl NatsSink {
             match k.as_ref() {
                 "stream" => options.stream = v.into_owned(),
                 "ack_timeout" => {
-                    options.ack_timeout = humantime_duration(&v).ok_or_else(|| {
-                        crate::Error::Config(format!(
-                            "NATS URL: ack_timeout={v} is not a duration like 5s"
-                        ))
-                    })?
+                    options.ack_timeout = super::duration::parse(&v)
+                        .map_err(|e| crate::Error::Config(format!("NATS URL: ack_timeout: {e}")))?
                 }
                 other => {
                     return Err(crate::Error::Config(format!(
@@ -294,20 +293,6 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
-fn humantime_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,15 +314,5 @@ mod tests {
         assert!(validate_subject("a..b").is_err());
         assert!(validate_subject("").is_err());
         assert!(!validate_subject("x.*").unwrap_err().is_retryable());
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(humantime_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(
-            humantime_duration("250ms"),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(humantime_duration("x"), None);
     }
 }

@@ -1,0 +1,99 @@
+//! NATS JetStream in the conformance suite.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use outbox_relay::sink::SinkOptions;
+use outbox_testkit::TestNats;
+
+use crate::harness::{Harness, Received, Rejection};
+
+pub struct NatsHarness {
+    nats: TestNats,
+}
+
+#[async_trait]
+impl Harness for NatsHarness {
+    async fn setup() -> Option<Self> {
+        Some(NatsHarness {
+            nats: TestNats::connect().await?,
+        })
+    }
+
+    fn broker(&self) -> String {
+        outbox_testkit::nats_url()
+            .trim_start_matches("nats://")
+            .to_string()
+    }
+
+    fn sink_url(&self, addr: &str) -> String {
+        format!("nats://{addr}")
+    }
+
+    fn sink_options(&self) -> SinkOptions {
+        let mut o = SinkOptions::default();
+        o.nats.stream = self.nats.stream();
+        o.nats.ack_timeout = Duration::from_secs(1);
+        o
+    }
+
+    fn topic_template(&self) -> String {
+        format!("{}.{{aggregate_type:lower}}", self.nats.prefix)
+    }
+
+    fn order_topic(&self) -> String {
+        format!("{}.order", self.nats.prefix)
+    }
+
+    async fn receive(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let stream = match self.nats.js.get_stream(self.nats.stream()).await {
+            Ok(s) => s,
+            Err(_) => return Vec::new(),
+        };
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                filter_subject: self.order_topic(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let headers: BTreeMap<String, String> = m
+                        .headers
+                        .iter()
+                        .flat_map(|h| h.iter())
+                        .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
+                        .collect();
+                    out.push(Received {
+                        topic: m.subject.to_string(),
+                        key: headers.get("key").cloned(),
+                        value: m.payload.to_vec(),
+                        headers,
+                    });
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    async fn rejection(&self) -> Rejection {
+        // Larger than the server's max_payload (1 MiB by default).
+        Rejection {
+            payload_bytes: 2 * 1024 * 1024,
+            reason: "NATS rejected the message",
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.nats.cleanup().await;
+    }
+}
