@@ -19,7 +19,7 @@ mod nats;
 // mod amqp;
 // mod redis;
 // mod mqtt;
-// mod webhook;
+mod webhook;
 
 pub use harness::*;
 
@@ -52,4 +52,4 @@ conformance!(nats_jetstream, crate::nats::NatsHarness);
 // conformance!(rabbitmq, crate::amqp::AmqpHarness);
 // conformance!(redis_streams, crate::redis::RedisHarness);
 // conformance!(mqtt_sink, crate::mqtt::MqttHarness);
-// conformance!(http_webhook, crate::webhook::WebhookHarness);
+conformance!(http_webhook, crate::webhook::WebhookHarness);

@@ -1,0 +1,290 @@
+//! HTTP webhooks in the conformance suite, plus webhook-only behaviour: signatures, status
+//! codes, `Retry-After`. The broker is an axum receiver run by the test.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use outbox_relay::sink::webhook::{sign, WebhookOptions};
+use outbox_relay::sink::SinkOptions;
+
+use crate::harness::{Harness, Received, Rejection};
+
+/// A Standard Webhooks secret ("whsec_" + base64 of "conformance-secret").
+const SECRET: &str = "whsec_Y29uZm9ybWFuY2Utc2VjcmV0";
+const KEY: &[u8] = b"conformance-secret";
+
+/// What the receiver answers: status and optional Retry-After, for the next requests.
+#[derive(Clone, Default)]
+struct Script {
+    answers: Arc<Mutex<Vec<(u16, Option<&'static str>, &'static str)>>>,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(Received, bool)>>>,
+    script: Script,
+}
+
+async fn hook(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
+    let answer = {
+        let mut a = r.script.answers.lock().unwrap();
+        if a.is_empty() {
+            None
+        } else {
+            Some(a.remove(0))
+        }
+    };
+    if let Some((status, retry_after, text)) = answer {
+        let mut h = HeaderMap::new();
+        if let Some(ra) = retry_after {
+            h.insert("retry-after", ra.parse().unwrap());
+        }
+        return (StatusCode::from_u16(status).unwrap(), h, text).into_response();
+    }
+    let map: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let signed = match (
+        map.get("webhook-id"),
+        map.get("webhook-timestamp"),
+        map.get("webhook-signature"),
+    ) {
+        (Some(id), Some(ts), Some(sig)) => *sig == sign(KEY, id, ts, &body),
+        _ => false,
+    };
+    let received = Received {
+        topic: map.get("outbox-topic").cloned().unwrap_or_default(),
+        key: map.get("outbox-key").cloned(),
+        value: body.to_vec(),
+        headers: map,
+    };
+    r.got.lock().unwrap().push((received, signed));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub struct WebhookHarness {
+    addr: SocketAddr,
+    receiver: Receiver,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookHarness {
+    fn all(&self) -> Vec<(Received, bool)> {
+        self.receiver.got.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Harness for WebhookHarness {
+    async fn setup() -> Option<Self> {
+        let receiver = Receiver {
+            got: Arc::default(),
+            script: Script::default(),
+        };
+        let app = axum::Router::new()
+            .route("/hooks/{*rest}", post(hook))
+            .layer(DefaultBodyLimit::max(1024 * 1024))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+        let addr = listener.local_addr().ok()?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Some(WebhookHarness {
+            addr,
+            receiver,
+            server,
+        })
+    }
+
+    fn broker(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn sink_url(&self, addr: &str) -> String {
+        format!("http://{addr}/hooks/orders")
+    }
+
+    fn sink_options(&self) -> SinkOptions {
+        SinkOptions {
+            http: WebhookOptions {
+                secret: Some(SECRET.into()),
+                timeout: Duration::from_secs(2),
+            },
+            ..SinkOptions::default()
+        }
+    }
+
+    fn topic_template(&self) -> String {
+        "{aggregate_type:lower}-events".into()
+    }
+
+    fn order_topic(&self) -> String {
+        "order-events".into()
+    }
+
+    async fn receive(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got: Vec<Received> = self
+                .all()
+                .into_iter()
+                .map(|(r, _)| r)
+                .filter(|r| r.topic == self.order_topic())
+                .collect();
+            if got.len() >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn rejection(&self) -> Rejection {
+        // The receiver takes at most 1 MiB: a larger body is answered 413.
+        Rejection {
+            payload_bytes: 2 * 1024 * 1024,
+            reason: "413 Payload Too Large",
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.server.abort();
+    }
+}
+
+impl Drop for WebhookHarness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+mod behaviour {
+    use super::*;
+    use crate::harness::{start_relay, store, wait_status};
+    use outbox_relay::RetryPolicy;
+    use outbox_testkit::{require, TestDb};
+
+    async fn one_event(store: &outbox_relay::Store) {
+        sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('Order', 'o-1', 'OrderCreated', '{\"n\": 1}')")
+            .execute(store.pg_pool().unwrap())
+            .await
+            .unwrap();
+    }
+
+    fn retry() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(20),
+            max: Duration::from_secs(5),
+            max_attempts: 5,
+            jitter: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_carry_a_valid_standard_webhooks_signature() {
+        let db = require!(TestDb::create().await);
+        let h = WebhookHarness::setup().await.unwrap();
+        let store = store(&db).await;
+        one_event(&store).await;
+        let relay = start_relay(&h, &store, &h.sink_url(&h.broker()), retry()).await;
+        wait_status(&store, Duration::from_secs(30), "delivery", |s| {
+            s.pending == 0
+        })
+        .await;
+        relay.stop().await;
+        let all = h.all();
+        assert_eq!(all.len(), 1);
+        let (r, signed) = &all[0];
+        assert!(
+            signed,
+            "webhook-signature verifies with the secret: {:?}",
+            r.headers
+        );
+        assert_eq!(
+            r.headers.get("webhook-id"),
+            r.headers.get("id"),
+            "webhook-id is the event id"
+        );
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_503_with_retry_after_is_retried_no_sooner_than_asked() {
+        let db = require!(TestDb::create().await);
+        let h = WebhookHarness::setup().await.unwrap();
+        h.receiver
+            .script
+            .answers
+            .lock()
+            .unwrap()
+            .push((503, Some("2"), "busy"));
+        let store = store(&db).await;
+        one_event(&store).await;
+        let started = std::time::Instant::now();
+        let relay = start_relay(&h, &store, &h.sink_url(&h.broker()), retry()).await;
+        wait_status(
+            &store,
+            Duration::from_secs(30),
+            "delivery after the retry",
+            |s| s.pending == 0,
+        )
+        .await;
+        relay.stop().await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "Retry-After honoured: {:?}",
+            started.elapsed()
+        );
+        let (count, error): (i32, String) =
+            sqlx::query_as("SELECT retry_count, last_error FROM outbox")
+                .fetch_one(store.pg_pool().unwrap())
+                .await
+                .unwrap();
+        assert_eq!(count, 1);
+        assert!(error.contains("503") && error.contains("busy"), "{error}");
+        assert_eq!(h.all().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_400_is_dead_lettered_at_once_with_status_and_body() {
+        let db = require!(TestDb::create().await);
+        let h = WebhookHarness::setup().await.unwrap();
+        h.receiver
+            .script
+            .answers
+            .lock()
+            .unwrap()
+            .push((400, None, "field total is required"));
+        let store = store(&db).await;
+        one_event(&store).await;
+        let relay = start_relay(&h, &store, &h.sink_url(&h.broker()), retry()).await;
+        wait_status(&store, Duration::from_secs(30), "the dead letter", |s| {
+            s.dead_letters == 1
+        })
+        .await;
+        relay.stop().await;
+        let dead = store.dead_letters(1).await.unwrap();
+        assert_eq!(dead[0].retry_count, 1, "no retries for a 400");
+        assert!(
+            dead[0].error.contains("400 Bad Request")
+                && dead[0].error.contains("field total is required"),
+            "{}",
+            dead[0].error
+        );
+    }
+}
