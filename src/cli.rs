@@ -71,7 +71,8 @@ pub struct RelayArgs {
     #[arg(long, env = "OUTBOX_SOURCE", value_enum)]
     pub source: Option<SourceKind>,
 
-    /// Message format: default (the reference format), debezium, cloudevents.
+    /// Message format: default (the reference format), debezium, cloudevents,
+    /// cloudevents-binary.
     #[arg(long, env = "OUTBOX_ENVELOPE")]
     pub envelope: Option<String>,
 
@@ -79,6 +80,10 @@ pub struct RelayArgs {
     /// aggregate_id, event_type; filters :lower, :upper).
     #[arg(long, env = "OUTBOX_TOPIC")]
     pub topic: Option<String>,
+
+    /// Message key template [default: '{aggregate_id}'].
+    #[arg(long, env = "OUTBOX_KEY")]
+    pub key: Option<String>,
 
     /// Largest batch claimed at once [default: 500].
     #[arg(long)]

@@ -46,6 +46,7 @@ pub struct RelaySection {
     pub sink: Option<String>,
     pub envelope: Option<String>,
     pub topic: Option<String>,
+    pub key: Option<String>,
     pub batch_size: Option<usize>,
     pub workers: Option<usize>,
     pub max_in_flight: Option<usize>,

@@ -52,17 +52,19 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
         .or(file.relay.envelope.as_deref())
         .unwrap_or("default");
     let mut envelope = Envelope::parse(envelope_name).map_err(CliError::usage)?;
-    if let (Envelope::CloudEvents { source }, Some(s)) =
-        (&mut envelope, &file.relay.cloudevents_source)
-    {
-        *source = s.clone();
+    if let Some(source) = &file.relay.cloudevents_source {
+        envelope = envelope.with_source(source);
     }
     let topic = args
         .topic
         .as_deref()
         .or(file.relay.topic.as_deref())
         .unwrap_or(envelope.default_topic());
-    let router = Router::new(Template::parse(topic).map_err(CliError::usage)?, envelope);
+    let mut router = Router::new(Template::parse(topic).map_err(CliError::usage)?, envelope);
+    if let Some(key) = args.key.as_deref().or(file.relay.key.as_deref()) {
+        let key = Template::parse(key).map_err(|e| CliError::usage(format!("--key: {e}")))?;
+        router = router.with_key(key);
+    }
 
     let on_dead_letter = match (args.on_dead_letter, file.relay.on_dead_letter.as_deref()) {
         (Some(m), _) => m,

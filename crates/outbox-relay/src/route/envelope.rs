@@ -23,6 +23,12 @@ pub enum Envelope {
         /// The `source` attribute.
         source: String,
     },
+    /// CloudEvents 1.0 binary mode (the Kafka and AMQP protocol bindings): the value is the
+    /// payload, the attributes travel as `ce_*` headers, `content-type: application/json`.
+    CloudEventsBinary {
+        /// The `source` attribute.
+        source: String,
+    },
 }
 
 impl Envelope {
@@ -34,8 +40,11 @@ impl Envelope {
             "cloudevents" => Ok(Envelope::CloudEvents {
                 source: "outbox".into(),
             }),
+            "cloudevents-binary" => Ok(Envelope::CloudEventsBinary {
+                source: "outbox".into(),
+            }),
             other => Err(format!(
-                "unknown envelope {other:?}; use default, debezium or cloudevents"
+                "unknown envelope {other:?}; use default, debezium, cloudevents or cloudevents-binary"
             )),
         }
     }
@@ -54,13 +63,38 @@ impl Envelope {
             Envelope::Reference => reference_value(record),
             Envelope::Debezium => Ok(record.payload.as_bytes().to_vec()),
             Envelope::CloudEvents { source } => Ok(cloudevent_value(record, source)),
+            Envelope::CloudEventsBinary { .. } => Ok(record.payload.trim().as_bytes().to_vec()),
         }
+    }
+
+    /// Sets the CloudEvents `source` attribute (no effect on other envelopes).
+    pub fn with_source(mut self, new: &str) -> Self {
+        if let Envelope::CloudEvents { source } | Envelope::CloudEventsBinary { source } = &mut self
+        {
+            *source = new.to_string();
+        }
+        self
     }
 
     /// The message headers for `record`: the envelope's own, then the row's `headers`.
     pub fn headers(&self, record: &Record) -> Result<Vec<(String, String)>, String> {
-        let mut headers = Vec::with_capacity(4);
-        headers.push(("id".to_string(), record.id.hyphenated().to_string()));
+        let mut headers = Vec::with_capacity(12);
+        let id = record.id.hyphenated().to_string();
+        if let Envelope::CloudEventsBinary { source } = self {
+            headers.push(("ce_specversion".to_string(), "1.0".to_string()));
+            headers.push(("ce_id".to_string(), id.clone()));
+            headers.push(("ce_source".to_string(), source.clone()));
+            headers.push(("ce_type".to_string(), record.event_type.clone()));
+            headers.push(("ce_subject".to_string(), record.aggregate_id.clone()));
+            headers.push((
+                "ce_time".to_string(),
+                record
+                    .created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ));
+            headers.push(("content-type".to_string(), "application/json".to_string()));
+        }
+        headers.push(("id".to_string(), id));
         if !matches!(self, Envelope::Debezium) {
             headers.push(("event_type".to_string(), record.event_type.clone()));
             headers.push(("aggregate_type".to_string(), record.aggregate_type.clone()));
@@ -321,6 +355,22 @@ mod tests {
         assert_eq!(ce["type"], "OrderCreated");
         assert_eq!(ce["subject"], "o-1");
         assert_eq!(ce["data"], json!({"order_id": "o-1"}));
+    }
+
+    #[test]
+    fn cloudevents_binary_puts_attributes_in_headers() {
+        let r = record(r#"{"order_id":"o-1"}"#);
+        let e = Envelope::parse("cloudevents-binary")
+            .unwrap()
+            .with_source("shop");
+        assert_eq!(e.value(&r).unwrap(), br#"{"order_id":"o-1"}"#);
+        let h = e.headers(&r).unwrap();
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("ce_specversion"), Some("1.0"));
+        assert_eq!(get("ce_source"), Some("shop"));
+        assert_eq!(get("ce_type"), Some("OrderCreated"));
+        assert_eq!(get("ce_id"), get("id"));
+        assert_eq!(get("content-type"), Some("application/json"));
     }
 
     #[test]

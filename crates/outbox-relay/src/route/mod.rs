@@ -10,24 +10,36 @@ pub use template::Template;
 
 use crate::{Message, Record};
 
-/// Turns records into messages: a topic template plus an envelope.
+/// Turns records into messages: a topic template, a key template, an envelope.
 #[derive(Debug, Clone)]
 pub struct Router {
     topic: Template,
+    key: Option<Template>,
     envelope: Envelope,
 }
 
 impl Router {
-    /// A router with an explicit topic template.
+    /// A router with an explicit topic template; the key is the aggregate id.
     pub fn new(topic: Template, envelope: Envelope) -> Self {
-        Router { topic, envelope }
+        Router {
+            topic,
+            key: None,
+            envelope,
+        }
     }
 
     /// A router using the envelope's default topic template.
     pub fn with_default_topic(envelope: Envelope) -> Self {
         let topic =
             Template::parse(envelope.default_topic()).expect("built-in topic templates parse");
-        Router { topic, envelope }
+        Router::new(topic, envelope)
+    }
+
+    /// Uses a key template instead of the aggregate id. Order is still kept per aggregate; a
+    /// key that groups several aggregates keeps them in one partition, not in one order.
+    pub fn with_key(mut self, key: Template) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The topic template.
@@ -46,7 +58,10 @@ impl Router {
         Ok(Message {
             id: record.id,
             topic: self.topic.render(record),
-            key: record.aggregate_id.clone(),
+            key: match &self.key {
+                Some(t) => t.render(record),
+                None => record.aggregate_id.clone(),
+            },
             value: Bytes::from(self.envelope.value(record)?),
             headers: self.envelope.headers(record)?,
         })
