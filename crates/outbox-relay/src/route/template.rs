@@ -1,11 +1,17 @@
 //! Topic templates: `{aggregate_type:lower}-events`, `outbox.event.{aggregate_type}`, …
+//!
+//! The same syntax names things a sink derives from a routed [`Message`] (e.g. an AMQP exchange
+//! and routing key): those templates are parsed with [`Template::parse_for_message`], which also
+//! accepts `{topic}`, and rendered with [`Template::render_message`].
 
-use crate::Record;
+use crate::{Message, Record};
 
 /// A compiled topic (subject, routing key, stream) template.
 ///
 /// Placeholders: `{aggregate_type}`, `{aggregate_id}`, `{event_type}`, each optionally followed
 /// by a filter: `{aggregate_type:lower}`, `{event_type:upper}`. `{{` and `}}` are literal braces.
+/// Templates for a sink's own names ([`Template::parse_for_message`]) may also use `{topic}`, the
+/// message's rendered topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     source: String,
@@ -23,6 +29,8 @@ enum Field {
     AggregateType,
     AggregateId,
     EventType,
+    /// The message's topic: only in templates parsed with [`Template::parse_for_message`].
+    Topic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,16 @@ enum Filter {
 impl Template {
     /// Parses a template, refusing unknown placeholders and filters.
     pub fn parse(source: &str) -> Result<Self, String> {
+        Self::parse_inner(source, false)
+    }
+
+    /// Parses a template a sink renders from a routed message ([`Template::render_message`]):
+    /// the placeholders of [`Template::parse`] plus `{topic}`, the message's topic.
+    pub fn parse_for_message(source: &str) -> Result<Self, String> {
+        Self::parse_inner(source, true)
+    }
+
+    fn parse_inner(source: &str, with_topic: bool) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut chars = source.chars().peekable();
@@ -62,7 +80,7 @@ impl Template {
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
                     }
-                    parts.push(parse_placeholder(source, &name)?);
+                    parts.push(parse_placeholder(source, &name, with_topic)?);
                 }
                 '}' => return Err(format!("topic template {source:?}: unmatched '}}'")),
                 c => literal.push(c),
@@ -87,16 +105,41 @@ impl Template {
 
     /// The topic for one event.
     pub fn render(&self, record: &Record) -> String {
+        self.render_with(|field| match field {
+            Field::AggregateType => &record.aggregate_type,
+            Field::AggregateId => &record.aggregate_id,
+            Field::EventType => &record.event_type,
+            // Refused by `parse`: a topic template cannot refer to the topic.
+            Field::Topic => "",
+        })
+    }
+
+    /// Renders a template for a routed message: `{topic}` is its topic, `{aggregate_id}` its key,
+    /// `{aggregate_type}` and `{event_type}` the headers of those names (empty when the envelope
+    /// does not send them, as with Debezium).
+    pub fn render_message(&self, message: &Message) -> String {
+        let header = |name: &str| {
+            message
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        self.render_with(|field| match field {
+            Field::AggregateType => header("aggregate_type"),
+            Field::AggregateId => &message.key,
+            Field::EventType => header("event_type"),
+            Field::Topic => &message.topic,
+        })
+    }
+
+    fn render_with<'a>(&self, value_of: impl Fn(Field) -> &'a str) -> String {
         let mut out = String::with_capacity(self.source.len() + 16);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
                 Part::Field(field, filter) => {
-                    let value = match field {
-                        Field::AggregateType => &record.aggregate_type,
-                        Field::AggregateId => &record.aggregate_id,
-                        Field::EventType => &record.event_type,
-                    };
+                    let value = value_of(*field);
                     match filter {
                         Filter::None => out.push_str(value),
                         Filter::Lower => out.extend(value.chars().flat_map(char::to_lowercase)),
@@ -109,7 +152,7 @@ impl Template {
     }
 }
 
-fn parse_placeholder(source: &str, inner: &str) -> Result<Part, String> {
+fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part, String> {
     let (name, filter) = match inner.split_once(':') {
         Some((n, f)) => (n.trim(), Some(f.trim())),
         None => (inner.trim(), None),
@@ -118,6 +161,13 @@ fn parse_placeholder(source: &str, inner: &str) -> Result<Part, String> {
         "aggregate_type" => Field::AggregateType,
         "aggregate_id" => Field::AggregateId,
         "event_type" => Field::EventType,
+        "topic" if with_topic => Field::Topic,
+        other if with_topic => {
+            return Err(format!(
+                "template {source:?}: unknown placeholder {{{other}}}; \
+                 use {{topic}}, {{aggregate_type}}, {{aggregate_id}} or {{event_type}}"
+            ))
+        }
         other => {
             return Err(format!(
                 "topic template {source:?}: unknown placeholder {{{other}}}; \
@@ -183,5 +233,43 @@ mod tests {
             .contains("unclosed"));
         assert!(Template::parse("a}").unwrap_err().contains("unmatched"));
         assert!(Template::parse("").is_err());
+        // `{topic}` only names something in templates rendered from a message.
+        assert!(Template::parse("{topic}")
+            .unwrap_err()
+            .contains("unknown placeholder"));
+        assert!(Template::parse_for_message("{nope}")
+            .unwrap_err()
+            .contains("{topic}"));
+    }
+
+    #[test]
+    fn renders_from_a_message() {
+        let message = Message {
+            id: uuid::Uuid::nil(),
+            topic: "order-events".into(),
+            key: "A-1".into(),
+            value: bytes::Bytes::new(),
+            headers: vec![
+                ("id".into(), uuid::Uuid::nil().to_string()),
+                ("event_type".into(), "OrderCreated".into()),
+                ("aggregate_type".into(), "Order".into()),
+            ],
+        };
+        let t = Template::parse_for_message("{topic}").unwrap();
+        assert_eq!(t.render_message(&message), "order-events");
+        let t = Template::parse_for_message("x.{aggregate_type:lower}.{event_type}.{aggregate_id}")
+            .unwrap();
+        assert_eq!(t.render_message(&message), "x.order.OrderCreated.A-1");
+        let bare = Message {
+            headers: Vec::new(),
+            ..message
+        };
+        assert_eq!(t.render_message(&bare), "x...A-1");
+        assert_eq!(
+            Template::parse_for_message("outbox")
+                .unwrap()
+                .render_message(&bare),
+            "outbox"
+        );
     }
 }

@@ -1,33 +1,827 @@
-//! `amqp://user:pass@host:5672/vhost`: RabbitMQ (AMQP 0.9.1). (Being written: see the sinks issue.)
+//! `amqp://user:pass@host:5672/vhost`: RabbitMQ (AMQP 0.9.1), via lapin.
+//!
+//! Delivered = RabbitMQ acknowledged the message with a **publisher confirm** (`basic.ack`).
+//! Messages are persistent (`delivery_mode` 2) and published `mandatory`: a message no queue is
+//! bound for comes back as `basic.return` and counts as a failure ("unroutable"), never as a
+//! delivery. The event id is the AMQP `message_id` and the `id` header; the message key travels
+//! in the `key` header, beside the contract's headers (AMQP has no native key).
+//!
+//! The exchange and routing key are templates rendered from the message
+//! ([`Template::parse_for_message`]): by default exchange `outbox` (declared as a durable topic
+//! exchange when missing) and routing key `{topic}`.
+//!
+//! # Connections and channels
+//!
+//! lapin does not reconnect by itself. The sink keeps one connection, opened at start when the
+//! broker is reachable and otherwise on the next publish; a broken connection is dropped and
+//! re-opened by the next publish (one attempt at a time, and not more often than every
+//! [`RECONNECT_PAUSE`]), so while RabbitMQ is unreachable publishes fail fast as retryable.
+//!
+//! Each publish borrows a channel of its own from a pool (`channels`, the number of publishes in
+//! flight) and holds it until its confirm arrives. One unconfirmed message per channel is what
+//! makes a `basic.return` unambiguous: lapin pairs returns with confirms in arrival order, which
+//! can pin a return on the wrong message when one `basic.ack` (multiple) confirms several
+//! messages of a channel at once. A channel that failed or timed out is closed, not reused.
+//!
+//! `amqps://` needs TLS, which this build leaves out (see [`AmqpSink::connect`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{
+    AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
+};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 use super::{Message, Sink, SinkError};
+use crate::route::Template;
 
-/// RabbitMQ (AMQP 0.9.1) settings (config section `[amqp]`).
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+/// How long after a failed connection attempt publishes fail at once (with that attempt's
+/// error) instead of trying again: keeps an outage from turning into a connection storm.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// RabbitMQ (AMQP 0.9.1) settings (config section `[amqp]`; URL query parameters of the same
+/// names override them).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AmqpOptions {}
+pub struct AmqpOptions {
+    /// Exchange template: `{topic}`, `{aggregate_type}`, `{aggregate_id}`, `{event_type}` and the
+    /// `:lower` / `:upper` filters. `""` is the default exchange (routing key = queue name).
+    pub exchange: String,
+    /// Routing key template, same placeholders. Default `{topic}`.
+    pub routing_key: String,
+    /// Declare each exchange the sink publishes to (durable, of `exchange_type`) when missing.
+    /// Built-in `amq.*` exchanges and the default exchange are never declared.
+    pub declare_exchange: bool,
+    /// Type of the declared exchange: `topic`, `direct`, `fanout`, `headers` (or a plugin's).
+    pub exchange_type: String,
+    /// Publish `mandatory`: a message no queue is bound for is returned and fails ("unroutable",
+    /// retried, then dead-lettered). `false` lets RabbitMQ drop such messages silently.
+    pub mandatory: bool,
+    /// Publishes in flight at once, each on a channel of its own.
+    pub channels: usize,
+    /// How long to wait for a publisher confirm before the attempt fails (retryable).
+    #[serde(with = "super::duration")]
+    pub confirm_timeout: Duration,
+    /// How long to wait for a connection (and a new channel) before the attempt fails.
+    #[serde(with = "super::duration")]
+    pub connect_timeout: Duration,
+    /// Largest message body accepted, in bytes; a larger one is dead-lettered at once. RabbitMQ
+    /// refuses bodies over its `max_message_size` (16 MiB by default since 4.0, 128 MiB before).
+    pub max_message_size: usize,
+}
 
-/// RabbitMQ (AMQP 0.9.1) sink.
-pub struct AmqpSink {}
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        AmqpOptions {
+            exchange: "outbox".into(),
+            routing_key: "{topic}".into(),
+            declare_exchange: true,
+            exchange_type: "topic".into(),
+            mandatory: true,
+            channels: 128,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One AMQP connection and the channels idle on it.
+struct Conn {
+    connection: Connection,
+    idle: Mutex<Vec<Channel>>,
+    /// Exchanges declared (or found) on this connection.
+    declared: Mutex<HashSet<String>>,
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// The last failed connection attempt.
+struct Failure {
+    at: Instant,
+    error: SinkError,
+}
+
+/// Publishes to RabbitMQ with publisher confirms.
+pub struct AmqpSink {
+    uri: AMQPUri,
+    url: String,
+    options: AmqpOptions,
+    exchange: Template,
+    routing_key: Template,
+    exchange_kind: ExchangeKind,
+    current: RwLock<Option<Arc<Conn>>>,
+    /// Serializes connection attempts; holds the last failure.
+    connecting: tokio::sync::Mutex<Option<Failure>>,
+    /// One permit per channel: bounds the publishes in flight.
+    permits: tokio::sync::Semaphore,
+}
 
 impl AmqpSink {
-    /// Connects to `url`.
+    /// Connects to `url` (`amqp://user:pass@host:5672/vhost`, vhost percent-encoded: `%2f` is
+    /// `/`, which is also the default). Query parameters override `options`: `exchange`,
+    /// `routing_key`, `declare_exchange`, `exchange_type`, `mandatory`, `channels`,
+    /// `confirm_timeout`, `connect_timeout`, `max_message_size`; and lapin's own `heartbeat`,
+    /// `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are configuration errors.
+    ///
+    /// A broker that cannot be reached now is not an error: the sink connects on the next
+    /// publish, and publishes fail as retryable until it can. Refused credentials or vhost are
+    /// configuration errors. `amqps://` is refused: this build has no TLS (rustls' default
+    /// provider needs cmake to build).
     pub async fn connect(url: &str, options: &AmqpOptions) -> Result<Self, crate::Error> {
-        let _ = (url, options);
-        Err(crate::Error::Config(
-            "the amqp sink is not implemented yet".into(),
-        ))
+        let (uri, options) = parse_url(url, options)?;
+        let redacted = crate::redact_url(url);
+        let exchange = Template::parse_for_message(&options.exchange)
+            .map_err(|e| crate::Error::Config(format!("amqp.exchange: {e}")))?;
+        let routing_key = Template::parse_for_message(&options.routing_key)
+            .map_err(|e| crate::Error::Config(format!("amqp.routing_key: {e}")))?;
+        let exchange_kind = match options.exchange_type.as_str() {
+            "topic" => ExchangeKind::Topic,
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            "" => {
+                return Err(crate::Error::Config(
+                    "amqp.exchange_type is empty: use topic, direct, fanout or headers".into(),
+                ))
+            }
+            other => ExchangeKind::Custom(other.to_string()),
+        };
+        let sink = AmqpSink {
+            uri,
+            url: redacted,
+            exchange,
+            routing_key,
+            exchange_kind,
+            current: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            permits: tokio::sync::Semaphore::new(options.channels),
+            options,
+        };
+        match sink.connection().await {
+            Ok(_) => tracing::info!(sink = %sink.describe(), "connected to RabbitMQ"),
+            Err(e) if e.kind == super::ErrorKind::Permanent => {
+                return Err(crate::Error::Config(e.message))
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "RabbitMQ is unreachable for now; events wait in the outbox until it is back"
+            ),
+        }
+        Ok(sink)
+    }
+
+    /// The open connection, opening one if needed. A `Permanent` error means the broker
+    /// refused the credentials or vhost (a configuration problem).
+    async fn connection(&self) -> Result<Arc<Conn>, SinkError> {
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
+        }
+        let mut last = self.connecting.lock().await;
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
+        }
+        if let Some(failure) = last.as_ref() {
+            if failure.at.elapsed() < RECONNECT_PAUSE {
+                return Err(failure.error.clone());
+            }
+        }
+        let props = ConnectionProperties::default().with_connection_name("outbox-relay".into());
+        let result = tokio::time::timeout(self.options.connect_timeout, async {
+            Connection::connect_uri(self.uri.clone(), props).await
+        })
+        .await;
+        let connection = match result {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let error = self.connect_error(&e);
+                *last = Some(Failure {
+                    at: Instant::now(),
+                    error: error.clone(),
+                });
+                return Err(error);
+            }
+            Err(_) => {
+                let error = SinkError::retryable(format!(
+                    "RabbitMQ {}: no connection within {:?}",
+                    self.url, self.options.connect_timeout
+                ));
+                *last = Some(Failure {
+                    at: Instant::now(),
+                    error: error.clone(),
+                });
+                return Err(error);
+            }
+        };
+        *last = None;
+        let conn = Arc::new(Conn {
+            connection,
+            idle: Mutex::new(Vec::new()),
+            declared: Mutex::new(HashSet::new()),
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn open_connection(&self) -> Option<Arc<Conn>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|c| c.is_open()).cloned()
+    }
+
+    /// Forgets `conn` if it is still the current connection (the next publish reconnects).
+    fn drop_connection(&self, conn: &Arc<Conn>) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+        }
+    }
+
+    fn connect_error(&self, e: &lapin::Error) -> SinkError {
+        let text = format!("RabbitMQ {}: cannot connect: {e}", self.url);
+        match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp)
+                if matches!(
+                    amqp.kind(),
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+                        | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                ) =>
+            {
+                SinkError::permanent(format!(
+                    "{text} (check the user, password and vhost in the URL)"
+                ))
+            }
+            _ => SinkError::retryable(text),
+        }
+    }
+
+    /// An idle channel in confirm mode, or a new one.
+    async fn channel(&self, conn: &Conn) -> Result<Channel, SinkError> {
+        loop {
+            let idle = conn.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(ch) if ch.status().connected() => return Ok(ch),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let opened = tokio::time::timeout(self.options.connect_timeout, async {
+            let ch = conn.connection.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        })
+        .await;
+        match opened {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => Err(SinkError::retryable(format!(
+                "RabbitMQ {}: opening a channel: {e}",
+                self.url
+            ))),
+            Err(_) => Err(SinkError::retryable(format!(
+                "RabbitMQ {}: no channel within {:?}",
+                self.url, self.options.connect_timeout
+            ))),
+        }
+    }
+
+    /// Declares `exchange` once per connection (when configured to).
+    async fn ensure_exchange(
+        &self,
+        conn: &Conn,
+        channel: &Channel,
+        exchange: &str,
+    ) -> Result<(), SinkError> {
+        if !self.options.declare_exchange || exchange.is_empty() || exchange.starts_with("amq.") {
+            return Ok(());
+        }
+        if conn
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(exchange)
+        {
+            return Ok(());
+        }
+        let name = short(exchange, "exchange name")?;
+        let declared = tokio::time::timeout(
+            self.options.confirm_timeout,
+            channel.exchange_declare(
+                name,
+                self.exchange_kind.clone(),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        match declared {
+            Ok(Ok(())) => {
+                conn.declared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(exchange.to_string());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(SinkError::retryable(format!(
+                "RabbitMQ: declaring exchange {exchange:?} (durable, type {}) failed: {e}; \
+                 if it exists with other settings, set amqp.declare_exchange = false \
+                 or amqp.exchange_type to match",
+                self.options.exchange_type
+            ))),
+            Err(_) => Err(SinkError::retryable(format!(
+                "RabbitMQ: declaring exchange {exchange:?} took longer than {:?}",
+                self.options.confirm_timeout
+            ))),
+        }
+    }
+
+    /// Publishes on `channel` and waits for its confirm. `Ok(true)`: the channel may be reused.
+    async fn publish_on(
+        &self,
+        conn: &Conn,
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+        properties: BasicProperties,
+    ) -> Result<(), (SinkError, bool)> {
+        self.ensure_exchange(conn, channel, exchange)
+            .await
+            .map_err(|e| (e, false))?;
+        let ex = short(exchange, "exchange name").map_err(|e| (e, true))?;
+        let rk = short(routing_key, "routing key").map_err(|e| (e, true))?;
+        let options = BasicPublishOptions {
+            mandatory: self.options.mandatory,
+            immediate: false,
+        };
+        let confirmed = tokio::time::timeout(self.options.confirm_timeout, async {
+            channel
+                .basic_publish(ex, rk, options, &message.value, properties)
+                .await?
+                .await
+        })
+        .await;
+        let confirmation = match confirmed {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // The server closed the channel (unknown exchange, too large, no permission)
+                // or the connection broke.
+                conn.declared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                return Err((publish_error(exchange, routing_key, &e), false));
+            }
+            Err(_) => {
+                return Err((
+                    SinkError::retryable(format!(
+                        "RabbitMQ: no publisher confirm within {:?} (exchange {exchange:?}, \
+                         routing key {routing_key:?})",
+                        self.options.confirm_timeout
+                    )),
+                    false,
+                ))
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err((
+                SinkError::retryable(format!(
+                    "RabbitMQ returned the message as unroutable ({} {}): no queue is bound to \
+                     exchange {exchange:?} for routing key {routing_key:?}; bind one, or fix \
+                     the amqp.exchange / amqp.routing_key templates",
+                    returned.reply_code, returned.reply_text
+                )),
+                true,
+            )),
+            Confirmation::Nack(None) => Err((
+                SinkError::retryable(format!(
+                    "RabbitMQ refused the message (basic.nack) on exchange {exchange:?}, \
+                     routing key {routing_key:?}: a queue could not take it"
+                )),
+                true,
+            )),
+            Confirmation::NotRequested => Err((
+                SinkError::retryable("RabbitMQ: the channel is not in confirm mode"),
+                false,
+            )),
+        }
     }
 }
 
 #[async_trait]
 impl Sink for AmqpSink {
-    async fn publish(&self, _message: &Message) -> Result<(), SinkError> {
-        Err(SinkError::retryable("not implemented"))
+    async fn publish(&self, message: &Message) -> Result<(), SinkError> {
+        let exchange = self.exchange.render_message(message);
+        let routing_key = self.routing_key.render_message(message);
+        check_name(&exchange, "exchange name")?;
+        check_name(&routing_key, "routing key")?;
+        if message.value.len() > self.options.max_message_size {
+            return Err(SinkError::permanent(format!(
+                "message of {} bytes is larger than the RabbitMQ limit of {} bytes \
+                 (amqp.max_message_size)",
+                message.value.len(),
+                self.options.max_message_size
+            )));
+        }
+        let properties = properties(message)?;
+
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SinkError::retryable("RabbitMQ sink is shutting down"))?;
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            // Refused credentials after start: wait for the operator rather than dead-letter.
+            Err(e) => return Err(SinkError::retryable(e.message)),
+        };
+        let channel = match self.channel(&conn).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                if !conn.is_open() {
+                    self.drop_connection(&conn);
+                }
+                return Err(e);
+            }
+        };
+        let result = self
+            .publish_on(
+                &conn,
+                &channel,
+                &exchange,
+                &routing_key,
+                message,
+                properties,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                conn.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(channel);
+                Ok(())
+            }
+            Err((e, reusable)) => {
+                if reusable && channel.status().connected() {
+                    conn.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(channel);
+                }
+                if !conn.is_open() {
+                    self.drop_connection(&conn);
+                }
+                Err(e)
+            }
+        }
     }
+
     fn describe(&self) -> String {
-        "amqp".into()
+        format!(
+            "{} (exchange {:?}, routing key {:?})",
+            self.url,
+            self.exchange.as_str(),
+            self.routing_key.as_str()
+        )
+    }
+}
+
+/// Message properties: persistent, `message_id` = event id, headers `key` + the message's.
+fn properties(message: &Message) -> Result<BasicProperties, SinkError> {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        short("key", "header name")?,
+        AMQPValue::LongString(LongString::from(message.key.as_bytes())),
+    );
+    let mut content_type = None;
+    for (name, value) in &message.headers {
+        // The first header of a name wins: the contract's own (`id`, …) come first.
+        if headers.contains_key(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.as_str());
+        }
+        headers.insert(
+            short(name, "header name")?,
+            AMQPValue::LongString(LongString::from(value.as_bytes())),
+        );
+    }
+    let id = message.id.hyphenated().to_string();
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(short(&id, "message id")?)
+        .with_headers(headers);
+    if let Some(ct) = content_type {
+        props = props.with_content_type(short(ct, "content-type header")?);
+    }
+    Ok(props)
+}
+
+/// An AMQP short string (at most 255 bytes), or a permanent error naming `what`.
+fn short(s: &str, what: &str) -> Result<ShortString, SinkError> {
+    ShortString::try_new(s).map_err(|_| {
+        let start: String = s.chars().take(40).collect();
+        SinkError::permanent(format!(
+            "{what} {start:?}… is {} bytes; AMQP allows at most 255",
+            s.len()
+        ))
+    })
+}
+
+fn check_name(s: &str, what: &str) -> Result<(), SinkError> {
+    short(s, what).map(|_| ())
+}
+
+/// Classifies a failed publish (the channel or connection was closed under it).
+fn publish_error(exchange: &str, routing_key: &str, e: &lapin::Error) -> SinkError {
+    let text = e.to_string();
+    if text.contains("larger than configured max size") || text.contains("max_message_size") {
+        return SinkError::permanent(format!("RabbitMQ rejected the message: {text}"));
+    }
+    let hint = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+        {
+            " (the exchange does not exist: create it or set amqp.declare_exchange = true)"
+        }
+        _ => "",
+    };
+    SinkError::retryable(format!(
+        "RabbitMQ publish to exchange {exchange:?} with routing key {routing_key:?} failed: \
+         {text}{hint}"
+    ))
+}
+
+/// Splits `url` into lapin's URI and the effective options.
+fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions), crate::Error> {
+    let redacted = crate::redact_url(url);
+    let bad = |why: String| crate::Error::Config(format!("invalid AMQP URL {redacted}: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let scheme = match parsed.scheme() {
+        "amqp" => AMQPScheme::AMQP,
+        "amqps" => {
+            return Err(crate::Error::Config(format!(
+                "{redacted}: amqps:// (TLS) is not supported by this build; use amqp:// \
+                 (a TLS-terminating proxy can sit in front of RabbitMQ)"
+            )))
+        }
+        other => return Err(bad(format!("scheme {other:?} is not amqp"))),
+    };
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("it needs a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port().unwrap_or(5672);
+    let decode = |s: &str, what: &str| {
+        percent_decode(s).ok_or_else(|| bad(format!("the {what} is not valid percent-encoding")))
+    };
+    let mut userinfo = AMQPUserInfo::default();
+    if !parsed.username().is_empty() {
+        userinfo.username = decode(parsed.username(), "user name")?;
+    }
+    if let Some(p) = parsed.password() {
+        userinfo.password = decode(p, "password")?;
+    }
+    // `amqp://host` and `amqp://host/` both mean the default vhost `/` (an empty vhost name
+    // is never what is meant); `/%2f` is `/` too, `/shop` is `shop`.
+    let vhost = match parsed.path() {
+        "" | "/" => "/".to_string(),
+        path => decode(&path[1..], "vhost")?,
+    };
+    let mut options = options.clone();
+    let mut query = AMQPQueryString::default();
+    for (k, v) in parsed.query_pairs() {
+        let int = |what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{what}={v:?} is not a whole number")))
+        };
+        match k.as_ref() {
+            "exchange" => options.exchange = v.into_owned(),
+            "routing_key" => options.routing_key = v.into_owned(),
+            "exchange_type" => options.exchange_type = v.into_owned(),
+            "declare_exchange" => options.declare_exchange = boolean(&k, &v).map_err(bad)?,
+            "mandatory" => options.mandatory = boolean(&k, &v).map_err(bad)?,
+            "channels" => options.channels = int("channels")? as usize,
+            "max_message_size" => options.max_message_size = int("max_message_size")? as usize,
+            "confirm_timeout" => {
+                options.confirm_timeout =
+                    super::duration::parse(&v).map_err(|e| bad(format!("confirm_timeout: {e}")))?
+            }
+            "connect_timeout" => {
+                options.connect_timeout =
+                    super::duration::parse(&v).map_err(|e| bad(format!("connect_timeout: {e}")))?
+            }
+            "heartbeat" => {
+                query.heartbeat = Some(
+                    u16::try_from(int("heartbeat")?)
+                        .map_err(|_| bad("heartbeat is at most 65535 (seconds)".into()))?,
+                )
+            }
+            "frame_max" => {
+                query.frame_max = Some(
+                    u32::try_from(int("frame_max")?)
+                        .map_err(|_| bad("frame_max is too large".into()))?,
+                )
+            }
+            "channel_max" => {
+                query.channel_max = Some(
+                    u16::try_from(int("channel_max")?)
+                        .map_err(|_| bad("channel_max is at most 65535".into()))?,
+                )
+            }
+            "auth_mechanism" => {
+                query.auth_mechanism = Some(
+                    v.parse::<SASLMechanism>()
+                        .map_err(|e| bad(format!("auth_mechanism: {e}")))?,
+                )
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?} (known: exchange, routing_key, exchange_type, \
+                     declare_exchange, mandatory, channels, confirm_timeout, connect_timeout, \
+                     max_message_size, heartbeat, frame_max, channel_max, auth_mechanism)"
+                )))
+            }
+        }
+    }
+    if options.channels == 0 {
+        return Err(crate::Error::Config(
+            "amqp.channels must be at least 1".into(),
+        ));
+    }
+    if options.channels > u16::MAX as usize {
+        return Err(crate::Error::Config(
+            "amqp.channels must be at most 65535 (RabbitMQ allows 2047 by default)".into(),
+        ));
+    }
+    if options.confirm_timeout.is_zero() || options.connect_timeout.is_zero() {
+        return Err(crate::Error::Config(
+            "amqp.confirm_timeout and amqp.connect_timeout must be more than 0".into(),
+        ));
+    }
+    let uri = AMQPUri {
+        scheme,
+        authority: AMQPAuthority {
+            userinfo,
+            host,
+            port,
+        },
+        vhost,
+        query,
+    };
+    Ok((uri, options))
+}
+
+fn boolean(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!("{name}={other:?} is not true or false")),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            id: uuid::Uuid::nil(),
+            topic: "order-events".into(),
+            key: "o-1".into(),
+            value: bytes::Bytes::from_static(b"{}"),
+            headers: vec![
+                ("id".into(), uuid::Uuid::nil().to_string()),
+                ("event_type".into(), "OrderCreated".into()),
+                ("aggregate_type".into(), "Order".into()),
+                ("traceparent".into(), "00-abc-01".into()),
+                ("id".into(), "not-the-event-id".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn parses_urls_and_overrides() {
+        let (uri, o) = parse_url(
+            "amqp://guest:p%40ss@127.0.0.1:5673/%2f?exchange=ev&routing_key=x.{topic}\
+             &confirm_timeout=1s&channels=8&heartbeat=10&declare_exchange=false",
+            &AmqpOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(uri.authority.host, "127.0.0.1");
+        assert_eq!(uri.authority.port, 5673);
+        assert_eq!(uri.authority.userinfo.username, "guest");
+        assert_eq!(uri.authority.userinfo.password, "p@ss");
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.query.heartbeat, Some(10));
+        assert_eq!(o.exchange, "ev");
+        assert_eq!(o.routing_key, "x.{topic}");
+        assert_eq!(o.confirm_timeout, Duration::from_secs(1));
+        assert_eq!(o.channels, 8);
+        assert!(!o.declare_exchange);
+
+        let (uri, o) = parse_url("amqp://rabbit", &AmqpOptions::default()).unwrap();
+        assert_eq!(uri.authority.host, "rabbit");
+        assert_eq!(uri.authority.port, 5672);
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.authority.userinfo.username, "guest");
+        assert_eq!(o, AmqpOptions::default());
+        let (uri, _) = parse_url("amqp://h/shop", &AmqpOptions::default()).unwrap();
+        assert_eq!(uri.vhost, "shop");
+    }
+
+    #[test]
+    fn refuses_bad_urls_without_leaking_the_password() {
+        for bad in [
+            "amqp://u:secret@h/%2f?nope=1",
+            "amqp://u:secret@h/%2f?channels=x",
+            "amqp://u:secret@h/%2f?channels=0",
+            "amqp://u:secret@h/%2f?confirm_timeout=soon",
+            "amqp://u:secret@h/%zz",
+            "amqps://u:secret@h/%2f",
+            "amqp://u:secret@/%2f",
+        ] {
+            let err = parse_url(bad, &AmqpOptions::default())
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.is_config(), "{bad}: {err}");
+            assert!(!err.to_string().contains("secret"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn properties_carry_id_key_and_headers() {
+        let p = properties(&message()).unwrap();
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some(uuid::Uuid::nil().to_string().as_str())
+        );
+        let headers = p.headers().as_ref().unwrap().inner();
+        let get = |k: &str| match headers.get(k) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        assert_eq!(get("key").as_deref(), Some("o-1"));
+        // The contract's `id` wins over a row header of the same name.
+        assert_eq!(get("id"), Some(uuid::Uuid::nil().to_string()));
+        assert_eq!(get("traceparent").as_deref(), Some("00-abc-01"));
+        assert_eq!(get("event_type").as_deref(), Some("OrderCreated"));
+    }
+
+    #[test]
+    fn long_names_are_permanent_errors() {
+        let mut m = message();
+        m.headers.push(("h".repeat(300), "v".into()));
+        assert!(!properties(&m).unwrap_err().is_retryable());
+        assert!(!check_name(&"k".repeat(256), "routing key")
+            .unwrap_err()
+            .is_retryable());
+        assert!(check_name(&"k".repeat(255), "routing key").is_ok());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%2f").as_deref(), Some("/"));
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%ff"), None);
     }
 }

@@ -16,7 +16,7 @@
 mod harness;
 mod nats;
 // mod kafka;
-// mod amqp;
+mod amqp;
 // mod redis;
 // mod mqtt;
 mod webhook;
@@ -49,7 +49,7 @@ macro_rules! conformance {
 
 conformance!(nats_jetstream, crate::nats::NatsHarness);
 // conformance!(kafka_sink, crate::kafka::KafkaHarness);
-// conformance!(rabbitmq, crate::amqp::AmqpHarness);
+conformance!(rabbitmq, crate::amqp::AmqpHarness);
 // conformance!(redis_streams, crate::redis::RedisHarness);
 // conformance!(mqtt_sink, crate::mqtt::MqttHarness);
 conformance!(http_webhook, crate::webhook::WebhookHarness);
