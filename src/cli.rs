@@ -113,6 +113,10 @@ pub struct RelayArgs {
     #[arg(long, value_enum)]
     pub on_dead_letter: Option<OnDeadLetter>,
 
+    /// What happens to a row once its event is delivered [default: mark].
+    #[arg(long, value_enum)]
+    pub on_publish: Option<OnPublish>,
+
     /// JetStream stream for the NATS sink [default: OUTBOX].
     #[arg(long, env = "OUTBOX_NATS_STREAM")]
     pub nats_stream: Option<String>,
@@ -132,6 +136,15 @@ pub enum OnDeadLetter {
     Wait,
     /// Later events of the aggregate are delivered.
     Proceed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPublish {
+    /// Set `published_at` (history kept until `outbox cleanup`).
+    Mark,
+    /// Delete the row (no history; much less database work per event).
+    Delete,
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,6 +53,7 @@ pub struct RelaySection {
     #[serde(default, deserialize_with = "duration")]
     pub poll_interval: Option<Duration>,
     pub on_dead_letter: Option<String>,
+    pub on_publish: Option<crate::cli::OnPublish>,
     pub cloudevents_source: Option<String>,
 }
 

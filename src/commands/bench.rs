@@ -72,6 +72,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
 
+    /// What the relay does with a delivered row: mark it published or delete it.
+    #[arg(long, value_enum, default_value = "mark")]
+    pub on_publish: crate::cli::OnPublish,
+
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +92,7 @@ struct DrainResult {
     history_rows: usize,
     batch_size: usize,
     workers: usize,
+    on_publish: crate::cli::OnPublish,
     seconds: f64,
     events_per_second: f64,
 }
@@ -290,6 +295,7 @@ async fn drain(
                 batch_size: args.batch_size,
                 poll_interval: Duration::from_millis(100),
                 dead_letters_block: true,
+                delete_published: args.on_publish == crate::cli::OnPublish::Delete,
             },
             workers: args.workers,
             max_in_flight: args.batch_size,
@@ -344,6 +350,7 @@ async fn drain(
         history_rows: history,
         batch_size: args.batch_size,
         workers: args.workers,
+        on_publish: args.on_publish,
         seconds: secs,
         events_per_second: args.events as f64 / secs,
     })

@@ -164,6 +164,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
                 batch_size: 256,
                 poll_interval: Duration::from_millis(10),
                 dead_letters_block: true,
+                delete_published: false,
             },
             workers: 1,
             max_in_flight: 256,

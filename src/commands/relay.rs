@@ -7,7 +7,7 @@ use outbox_relay::store::{ConnectOptions, Store};
 use outbox_relay::{Relay, RelayConfig, RetryPolicy, Router};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, OnDeadLetter, RelayArgs, SourceKind};
+use crate::cli::{Cli, OnDeadLetter, OnPublish, RelayArgs, SourceKind};
 use crate::config::FileConfig;
 use crate::error::CliError;
 
@@ -89,6 +89,10 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
                 .or(file.relay.poll_interval)
                 .unwrap_or(defaults.poll.poll_interval),
             dead_letters_block: on_dead_letter == OnDeadLetter::Wait,
+            delete_published: match args.on_publish.or(file.relay.on_publish) {
+                Some(OnPublish::Delete) => true,
+                Some(OnPublish::Mark) | None => false,
+            },
         },
         workers: args
             .workers

@@ -124,6 +124,7 @@ impl Relay {
             );
             set.spawn(worker(
                 source,
+                self.config.poll.delete_published,
                 self.sink.clone(),
                 self.router.clone(),
                 self.config.retry.clone(),
@@ -154,6 +155,7 @@ impl Relay {
 
 async fn worker(
     mut source: PollSource,
+    delete_published: bool,
     sink: Arc<dyn Sink>,
     router: Arc<Router>,
     retry: RetryPolicy,
@@ -163,7 +165,8 @@ async fn worker(
 ) {
     while let Some(claim) = source.next_batch(&shutdown).await {
         let outcomes = deliver(&claim.records, &router, &*sink, max_in_flight).await;
-        let settlement = plan(&claim.records, &outcomes, &retry);
+        let mut settlement = plan(&claim.records, &outcomes, &retry);
+        settlement.delete_published = delete_published;
         let (ok, failed, dead) = (
             settlement.published.len(),
             settlement.retry.len(),

@@ -210,3 +210,31 @@ async fn a_second_sqlite_relay_stands_by_while_the_first_holds_the_lease() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn delete_on_publish_removes_delivered_rows_only() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("b", 1), ("c", 1)]).await;
+    let c = s.claim(10, true).await.unwrap();
+    let seqs: Vec<i64> = c.records.iter().map(|r| r.seq).collect();
+    c.settle(&Settlement {
+        published: vec![seqs[0]],
+        retry: vec![(seqs[1], Duration::from_secs(60), "later".into())],
+        dead: vec![(seqs[2], "never".into())],
+        delete_published: true,
+    })
+    .await
+    .unwrap();
+    let left: Vec<(i64, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as("SELECT seq, published_at FROM outbox ORDER BY seq")
+            .fetch_all(s.pg_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        vec![(seqs[1], None)],
+        "published row deleted, retrying row kept"
+    );
+    assert_eq!(s.status().await.unwrap().dead_letters, 1);
+}

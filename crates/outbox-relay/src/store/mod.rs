@@ -271,6 +271,8 @@ pub struct Settlement {
     pub retry: Vec<(i64, Duration, String)>,
     /// Give up: move to the dead-letter table with `error`.
     pub dead: Vec<(i64, String)>,
+    /// Delete published rows instead of setting `published_at` (delete-on-publish mode).
+    pub delete_published: bool,
 }
 
 impl Settlement {

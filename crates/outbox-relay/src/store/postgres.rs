@@ -113,10 +113,16 @@ pub(super) async fn claim(
 }
 
 const SETTLE_PUBLISHED: &str = "UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])";
+/// Delete-on-publish: no row version, no index entries to write, nothing for cleanup.
+const DELETE_PUBLISHED: &str = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])";
 
-const SETTLE_ALL: &str = r#"
-WITH published AS (
-    UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])
+/// Published, retried and dead-lettered rows in one statement; `$published` marks or deletes.
+macro_rules! settle_all {
+    ($published:literal) => {
+        concat!(
+            "WITH published AS (",
+            $published,
+            r#"
 ),
 retried AS (
     UPDATE outbox o
@@ -139,7 +145,15 @@ INSERT INTO outbox_dead_letter
 SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
        retry_count + 1, error
 FROM dead
-"#;
+"#
+        )
+    };
+}
+
+const SETTLE_ALL: &str =
+    settle_all!("UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])");
+const SETTLE_ALL_DELETE: &str =
+    settle_all!("DELETE FROM outbox WHERE seq = ANY($1::bigint[]) RETURNING $2::timestamptz");
 
 pub(super) async fn settle(
     mut tx: Transaction<'static, Postgres>,
@@ -147,7 +161,12 @@ pub(super) async fn settle(
 ) -> Result<(), Error> {
     let now = Utc::now();
     if s.retry.is_empty() && s.dead.is_empty() {
-        if !s.published.is_empty() {
+        if !s.published.is_empty() && s.delete_published {
+            sqlx::query(DELETE_PUBLISHED)
+                .bind(&s.published)
+                .execute(&mut *tx)
+                .await?;
+        } else if !s.published.is_empty() {
             sqlx::query(SETTLE_PUBLISHED)
                 .bind(&s.published)
                 .bind(now)
@@ -165,7 +184,12 @@ pub(super) async fn settle(
             .iter()
             .map(|(seq, e)| (*seq, truncate_error(e)))
             .unzip();
-        sqlx::query(SETTLE_ALL)
+        let sql = if s.delete_published {
+            SETTLE_ALL_DELETE
+        } else {
+            SETTLE_ALL
+        };
+        sqlx::query(sql)
             .bind(&s.published)
             .bind(now)
             .bind(&retry_seq)

@@ -196,13 +196,16 @@ pub(super) async fn settle(pool: &SqlitePool, s: &Settlement) -> Result<(), Erro
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     if !s.published.is_empty() {
         let seqs = serde_json::to_string(&s.published).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "UPDATE outbox SET published_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(ts(now))
-        .bind(seqs)
-        .execute(&mut *tx)
-        .await?;
+        let sql = if s.delete_published {
+            "DELETE FROM outbox WHERE ?1 IS NOT NULL AND seq IN (SELECT value FROM json_each(?2))"
+        } else {
+            "UPDATE outbox SET published_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))"
+        };
+        sqlx::query(sql)
+            .bind(ts(now))
+            .bind(seqs)
+            .execute(&mut *tx)
+            .await?;
     }
     for (seq, delay, error) in &s.retry {
         let due = now + chrono::Duration::from_std(*delay).unwrap_or_default();

@@ -142,6 +142,7 @@ pub async fn start_relay<H: Harness>(
                 batch_size: 200,
                 poll_interval: Duration::from_millis(100),
                 dead_letters_block: true,
+                delete_published: false,
             },
             workers: 2,
             max_in_flight: 256,
