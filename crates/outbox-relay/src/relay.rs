@@ -114,6 +114,12 @@ impl Relay {
             topic = self.router.topic().as_str(),
             "relay started"
         );
+        let parts = Arc::new(Parts {
+            sink: self.sink.clone(),
+            router: self.router.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+        });
         let mut set = JoinSet::new();
         for _ in 0..workers {
             let source = PollSource::new(
@@ -122,16 +128,7 @@ impl Relay {
                 wake.clone(),
                 self.stats.clone(),
             );
-            set.spawn(worker(
-                source,
-                self.config.poll.delete_published,
-                self.sink.clone(),
-                self.router.clone(),
-                self.config.retry.clone(),
-                self.config.max_in_flight,
-                self.stats.clone(),
-                shutdown.clone(),
-            ));
+            set.spawn(worker(source, parts.clone(), shutdown.clone()));
         }
         let mut panicked = None;
         while let Some(done) = set.join_next().await {
@@ -153,20 +150,25 @@ impl Relay {
     }
 }
 
-async fn worker(
-    mut source: PollSource,
-    delete_published: bool,
+/// What the workers of one relay share.
+struct Parts {
     sink: Arc<dyn Sink>,
     router: Arc<Router>,
-    retry: RetryPolicy,
-    max_in_flight: usize,
+    config: RelayConfig,
     stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) {
+}
+
+async fn worker(mut source: PollSource, parts: Arc<Parts>, shutdown: CancellationToken) {
+    let Parts {
+        sink,
+        router,
+        config,
+        stats,
+    } = &*parts;
     while let Some(claim) = source.next_batch(&shutdown).await {
-        let outcomes = deliver(&claim.records, &router, &*sink, max_in_flight).await;
-        let mut settlement = plan(&claim.records, &outcomes, &retry);
-        settlement.delete_published = delete_published;
+        let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
+        let mut settlement = plan(&claim.records, &outcomes, &config.retry);
+        settlement.delete_published = config.poll.delete_published;
         let (ok, failed, dead) = (
             settlement.published.len(),
             settlement.retry.len(),
