@@ -15,9 +15,9 @@
 
 mod harness;
 mod nats;
-// mod kafka;
+mod kafka;
 mod amqp;
-// mod redis;
+mod redis;
 // mod mqtt;
 mod webhook;
 
@@ -48,8 +48,8 @@ macro_rules! conformance {
 }
 
 conformance!(nats_jetstream, crate::nats::NatsHarness);
-// conformance!(kafka_sink, crate::kafka::KafkaHarness);
+conformance!(kafka_sink, crate::kafka::KafkaHarness);
 conformance!(rabbitmq, crate::amqp::AmqpHarness);
-// conformance!(redis_streams, crate::redis::RedisHarness);
+conformance!(redis_streams, crate::redis::RedisHarness);
 // conformance!(mqtt_sink, crate::mqtt::MqttHarness);
 conformance!(http_webhook, crate::webhook::WebhookHarness);
