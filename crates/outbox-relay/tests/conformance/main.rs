@@ -18,7 +18,7 @@ mod nats;
 mod kafka;
 mod amqp;
 mod redis;
-// mod mqtt;
+mod mqtt;
 mod webhook;
 
 pub use harness::*;
@@ -51,5 +51,5 @@ conformance!(nats_jetstream, crate::nats::NatsHarness);
 conformance!(kafka_sink, crate::kafka::KafkaHarness);
 conformance!(rabbitmq, crate::amqp::AmqpHarness);
 conformance!(redis_streams, crate::redis::RedisHarness);
-// conformance!(mqtt_sink, crate::mqtt::MqttHarness);
+conformance!(mqtt_sink, crate::mqtt::MqttHarness);
 conformance!(http_webhook, crate::webhook::WebhookHarness);
