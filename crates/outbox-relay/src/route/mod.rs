@@ -1,5 +1,6 @@
 //! Routing: from an outbox [`Record`] to a broker [`Message`] (topic, key, value, headers).
 
+pub mod debezium;
 pub mod envelope;
 pub mod template;
 

@@ -163,7 +163,19 @@ impl Store {
     /// Counts pending, retrying and dead events.
     pub async fn status(&self) -> Result<Status, Error> {
         match self {
-            Store::Postgres(pool) => postgres::status(pool).await,
+            Store::Postgres(pool) => {
+                #[allow(unused_mut)]
+                let mut status = postgres::status(pool).await?;
+                #[cfg(feature = "cdc")]
+                {
+                    // Best effort: a hot standby server cannot compute the lag.
+                    match crate::source::cdc::slot::replication_slots(pool).await {
+                        Ok(slots) => status.replication_slots = slots,
+                        Err(e) => tracing::debug!(error = %e, "cannot read replication slots"),
+                    }
+                }
+                Ok(status)
+            }
             Store::Sqlite(s) => sqlite::status(&s.pool).await,
         }
     }
@@ -325,6 +337,15 @@ pub struct Status {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Rows in the dead-letter table.
     pub dead_letters: i64,
+    /// PostgreSQL: the database's logical replication slots (the CDC source's), with their
+    /// replication lag in bytes.
+    #[cfg(feature = "cdc")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replication_slots: Vec<crate::source::cdc::ReplicationSlot>,
+    /// Without the `cdc` feature: always empty.
+    #[cfg(not(feature = "cdc"))]
+    #[serde(skip)]
+    pub replication_slots: Vec<()>,
 }
 
 impl Status {

@@ -1,0 +1,1246 @@
+//! Debezium compatibility: the outbox **EventRouter**'s options, read from a Kafka Connect
+//! connector registration (or a config section), and applied to outbox rows so the messages
+//! come out as Debezium's `io.debezium.transforms.outbox.EventRouter` emits them.
+//!
+//! What Debezium does, and so what this module does, for an inserted row:
+//!
+//! * **topic**: the `route.by.field` column's value put into `route.topic.replacement`
+//!   (`${routedByValue}`, default `outbox.event.${routedByValue}`), as is (no case change);
+//! * **key**: the `table.field.event.key` column (falling back to `table.field.event.payload.id`
+//!   when the key is NULL);
+//! * **value**: the `table.field.event.payload` column; a `json`/`jsonb`/text payload is a
+//!   *string* unless `table.expand.json.payload` is on (then the JSON itself); with
+//!   `table.fields.additional.placement` entries placed in the `envelope`, the value becomes
+//!   `{"payload": …, "<alias>": …}`; a NULL payload is a tombstone (as is an empty one with
+//!   `route.tombstone.on.empty.payload`);
+//! * **headers**: `id` (the `table.field.event.id` column), then every `…:header[:alias]` entry.
+//!
+//! Kafka Connect then serialises key and value with the worker's converters. The relay assumes
+//! the converters of Debezium's own outbox example, `JsonConverter` with `schemas.enable=false`
+//! for both (so a text key `o-1` is written `"o-1"` and a jsonb payload `{"a": 1}` is written
+//! `"{\"a\": 1}"`), unless the registration names `key.converter` / `value.converter`
+//! (`StringConverter` writes them as plain text).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+/// The EventRouter's class name, as given in `transforms.<name>.type`.
+pub const EVENT_ROUTER: &str = "io.debezium.transforms.outbox.EventRouter";
+/// Debezium's PostgreSQL connector class.
+pub const POSTGRES_CONNECTOR: &str = "io.debezium.connector.postgresql.PostgresConnector";
+/// Debezium's default replication slot name (`slot.name`).
+pub const DEFAULT_SLOT: &str = "debezium";
+/// Debezium's default publication name (`publication.name`).
+pub const DEFAULT_PUBLICATION: &str = "dbz_publication";
+
+const DEFAULT_TOPIC_REGEX: &str = "(?<routedByValue>.*)";
+
+/// PostgreSQL type OIDs the router renders by type.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const OID: u32 = 26;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const NUMERIC: u32 = 1700;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+}
+
+/// How Kafka Connect serialised a key or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Converter {
+    /// `org.apache.kafka.connect.json.JsonConverter` with `schemas.enable=false`: a string
+    /// becomes a JSON string, a struct a JSON object.
+    Json,
+    /// `org.apache.kafka.connect.storage.StringConverter` (also `ByteArrayConverter` and
+    /// Debezium's `BinaryDataConverter` for text columns): the text as is.
+    String,
+}
+
+impl Converter {
+    fn parse(class: &str, which: &str) -> Result<Converter, String> {
+        match class.trim() {
+            "org.apache.kafka.connect.json.JsonConverter" => Ok(Converter::Json),
+            "org.apache.kafka.connect.storage.StringConverter"
+            | "org.apache.kafka.connect.converters.ByteArrayConverter"
+            | "io.debezium.converters.BinaryDataConverter" => Ok(Converter::String),
+            other => Err(format!(
+                "{which}.converter = {other:?} is not supported: use \
+                 org.apache.kafka.connect.json.JsonConverter or \
+                 org.apache.kafka.connect.storage.StringConverter"
+            )),
+        }
+    }
+}
+
+/// Where `table.fields.additional.placement` puts a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A message header.
+    Header,
+    /// A field of the value, beside `payload`.
+    Envelope,
+    /// The Kafka partition: accepted, but no sink of the relay takes a partition (ignored).
+    Partition,
+}
+
+/// One `column:placement[:alias]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdditionalField {
+    /// The outbox table column.
+    pub column: String,
+    /// Where it goes.
+    pub placement: Placement,
+    /// Header or field name (the column name when no alias is given).
+    pub alias: String,
+}
+
+/// What to do with an UPDATE of an outbox row (`table.op.invalid.behavior`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidOperation {
+    /// Log a warning and skip it (Debezium's default).
+    Warn,
+    /// Log an error and skip it.
+    Error,
+    /// Stop the relay.
+    Fatal,
+}
+
+/// The EventRouter's options, with Debezium's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRouterOptions {
+    /// `table.field.event.id` (default `id`): the column whose value is the `id` header.
+    pub event_id: String,
+    /// `table.field.event.key` (default `aggregateid`): the message key column.
+    pub event_key: String,
+    /// `table.field.event.payload.id` (deprecated; default `aggregateid`): key used when the key
+    /// column is NULL (only if the column exists).
+    pub payload_id: String,
+    /// `table.field.event.type` (default `type`): the event type column. Debezium emits it
+    /// nowhere by itself; the relay stores it with dead letters.
+    pub event_type: String,
+    /// `table.field.event.timestamp`: the Kafka record timestamp column. Accepted and checked,
+    /// but not carried: the relay's sinks set no record timestamp.
+    pub event_timestamp: Option<String>,
+    /// `table.field.event.payload` (default `payload`): the payload column.
+    pub payload: String,
+    /// `table.fields.additional.placement`.
+    pub additional: Vec<AdditionalField>,
+    /// `route.by.field` (default `aggregatetype`): the column whose value names the topic.
+    pub route_by: String,
+    /// `route.topic.replacement` (default `outbox.event.${routedByValue}`).
+    pub topic_replacement: String,
+    /// `route.tombstone.on.empty.payload` (default false).
+    pub tombstone_on_empty_payload: bool,
+    /// `table.expand.json.payload` (default false).
+    pub expand_json_payload: bool,
+    /// `table.op.invalid.behavior` (default `warn`).
+    pub invalid_operation: InvalidOperation,
+    /// `key.converter` (default JsonConverter, schemas disabled).
+    pub key_converter: Converter,
+    /// `value.converter` (default JsonConverter, schemas disabled).
+    pub value_converter: Converter,
+    topic: Vec<TopicPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicPart {
+    Literal(String),
+    Routed,
+}
+
+impl Default for EventRouterOptions {
+    fn default() -> Self {
+        let replacement = "outbox.event.${routedByValue}".to_string();
+        EventRouterOptions {
+            event_id: "id".into(),
+            event_key: "aggregateid".into(),
+            payload_id: "aggregateid".into(),
+            event_type: "type".into(),
+            event_timestamp: None,
+            payload: "payload".into(),
+            additional: Vec::new(),
+            route_by: "aggregatetype".into(),
+            topic: parse_replacement(&replacement).unwrap_or_default(),
+            topic_replacement: replacement,
+            tombstone_on_empty_payload: false,
+            expand_json_payload: false,
+            invalid_operation: InvalidOperation::Warn,
+            key_converter: Converter::Json,
+            value_converter: Converter::Json,
+        }
+    }
+}
+
+/// Options the relay accepts but does not act on, with why.
+fn ignored_option(name: &str) -> Option<&'static str> {
+    match name {
+        "table.field.event.schema.version" | "table.field.schema.version" => {
+            Some("schema versions have no meaning without Kafka Connect schemas")
+        }
+        "table.json.payload.null.behavior" => Some("JSON nulls are kept as null"),
+        "table.fields.additional.error.on.missing" => {
+            Some("a missing additional column is always an error at start")
+        }
+        "predicate" | "negate" => Some("the relay captures only the outbox table anyway"),
+        n if n.starts_with("tracing.") => Some("tracing is not supported"),
+        _ => None,
+    }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{name} = {other:?}: expected true or false")),
+    }
+}
+
+fn column_name(name: &str, v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        Err(format!("{name} must name a column"))
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+/// Parses `route.topic.replacement` as Java's `Matcher.replaceFirst` reads it, for the default
+/// regex `(?<routedByValue>.*)`: `${routedByValue}`, `$1` and `$0` stand for the routed value,
+/// `\x` for a literal `x`.
+fn parse_replacement(s: &str) -> Result<Vec<TopicPart>, String> {
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => lit.push(n),
+                None => return Err(format!("route.topic.replacement {s:?}: ends with '\\'")),
+            },
+            '$' => {
+                let group = match chars.next() {
+                    Some('{') => {
+                        let mut name = String::new();
+                        loop {
+                            match chars.next() {
+                                Some('}') => break,
+                                Some(c) => name.push(c),
+                                None => {
+                                    return Err(format!(
+                                        "route.topic.replacement {s:?}: unclosed ${{"
+                                    ))
+                                }
+                            }
+                        }
+                        name
+                    }
+                    Some(d) if d.is_ascii_digit() => d.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "route.topic.replacement {s:?}: '$' must be followed by \
+                             {{routedByValue}} (write \\$ for a dollar sign)"
+                        ))
+                    }
+                };
+                if !matches!(group.as_str(), "routedByValue" | "0" | "1") {
+                    return Err(format!(
+                        "route.topic.replacement {s:?}: unknown group ${group}; \
+                         use ${{routedByValue}}"
+                    ));
+                }
+                if !lit.is_empty() {
+                    parts.push(TopicPart::Literal(std::mem::take(&mut lit)));
+                }
+                parts.push(TopicPart::Routed);
+            }
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        parts.push(TopicPart::Literal(lit));
+    }
+    if parts.is_empty() {
+        return Err("route.topic.replacement is empty".into());
+    }
+    Ok(parts)
+}
+
+fn parse_additional(v: &str) -> Result<Vec<AdditionalField>, String> {
+    let mut out = Vec::new();
+    for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parts: Vec<&str> = entry.split(':').map(str::trim).collect();
+        if parts.len() != 2 && parts.len() != 3 {
+            return Err(format!(
+                "table.fields.additional.placement: {entry:?} is not column:placement[:alias]"
+            ));
+        }
+        let placement = match parts[1].to_ascii_lowercase().as_str() {
+            "header" => Placement::Header,
+            "envelope" => Placement::Envelope,
+            "partition" => Placement::Partition,
+            other => {
+                return Err(format!(
+                    "table.fields.additional.placement: {entry:?}: placement {other:?} is not \
+                     header, envelope or partition"
+                ))
+            }
+        };
+        if parts[0].is_empty() {
+            return Err(format!(
+                "table.fields.additional.placement: {entry:?} names no column"
+            ));
+        }
+        out.push(AdditionalField {
+            column: parts[0].to_string(),
+            placement,
+            alias: parts.get(2).unwrap_or(&parts[0]).to_string(),
+        });
+    }
+    Ok(out)
+}
+
+impl EventRouterOptions {
+    /// Reads EventRouter options by their Debezium names (without the `transforms.<name>.`
+    /// prefix), plus `key.converter`, `value.converter` and their `.schemas.enable`.
+    /// Returns the options and notes about options accepted but not acted on. Unknown names
+    /// are errors, so a typo never silently changes the routing.
+    pub fn from_options<'a>(
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(EventRouterOptions, Vec<String>), String> {
+        let mut o = EventRouterOptions::default();
+        let mut notes = Vec::new();
+        for (name, value) in options {
+            match name {
+                "type" => {
+                    if value.trim() != EVENT_ROUTER {
+                        return Err(format!("type = {value:?}: expected {EVENT_ROUTER}"));
+                    }
+                }
+                "table.field.event.id" => o.event_id = column_name(name, value)?,
+                "table.field.event.key" => o.event_key = column_name(name, value)?,
+                "table.field.event.type" => o.event_type = column_name(name, value)?,
+                "table.field.event.payload" | "table.field.payload" => {
+                    o.payload = column_name(name, value)?
+                }
+                "table.field.event.payload.id" | "table.field.payload.id" => {
+                    o.payload_id = column_name(name, value)?
+                }
+                "table.field.event.timestamp" => {
+                    o.event_timestamp = Some(column_name(name, value)?);
+                    notes.push(format!(
+                        "{name}: the column is checked but the relay's sinks set no record \
+                         timestamp"
+                    ));
+                }
+                "table.fields.additional.placement" => o.additional = parse_additional(value)?,
+                "table.expand.json.payload" => o.expand_json_payload = parse_bool(name, value)?,
+                "route.by.field" => o.route_by = column_name(name, value)?,
+                "route.topic.regex" => {
+                    if value.trim() != DEFAULT_TOPIC_REGEX {
+                        return Err(format!(
+                            "route.topic.regex = {value:?}: only the default \
+                             {DEFAULT_TOPIC_REGEX} is supported"
+                        ));
+                    }
+                }
+                "route.topic.replacement" => {
+                    o.topic = parse_replacement(value)?;
+                    o.topic_replacement = value.to_string();
+                }
+                "route.tombstone.on.empty.payload" => {
+                    o.tombstone_on_empty_payload = parse_bool(name, value)?
+                }
+                "table.op.invalid.behavior" | "debezium.op.invalid.behavior" => {
+                    o.invalid_operation = match value.trim().to_ascii_lowercase().as_str() {
+                        "warn" => InvalidOperation::Warn,
+                        "error" => InvalidOperation::Error,
+                        "fatal" => InvalidOperation::Fatal,
+                        other => {
+                            return Err(format!(
+                                "{name} = {other:?}: expected warn, error or fatal"
+                            ))
+                        }
+                    }
+                }
+                "key.converter" => o.key_converter = Converter::parse(value, "key")?,
+                "value.converter" => o.value_converter = Converter::parse(value, "value")?,
+                "key.converter.schemas.enable" | "value.converter.schemas.enable" => {
+                    if parse_bool(name, value)? {
+                        return Err(format!(
+                            "{name} = true is not supported: the relay writes JSON without \
+                             Kafka Connect schemas (schemas.enable=false)"
+                        ));
+                    }
+                }
+                other => match ignored_option(other) {
+                    Some(why) => notes.push(format!("{other} is ignored: {why}")),
+                    None => return Err(format!("unknown EventRouter option {other:?}")),
+                },
+            }
+        }
+        if o.value_converter == Converter::String {
+            if o.expand_json_payload {
+                return Err(
+                    "table.expand.json.payload needs value.converter = JsonConverter".into(),
+                );
+            }
+            if o.additional
+                .iter()
+                .any(|a| a.placement == Placement::Envelope)
+            {
+                return Err(
+                    "envelope placement in table.fields.additional.placement needs \
+                     value.converter = JsonConverter"
+                        .into(),
+                );
+            }
+        }
+        if o.additional
+            .iter()
+            .any(|a| a.placement == Placement::Partition)
+        {
+            notes.push(
+                "table.fields.additional.placement: partition placement is ignored (no sink \
+                 of the relay takes a partition)"
+                    .into(),
+            );
+        }
+        Ok((o, notes))
+    }
+
+    /// The topic for a `route.by.field` value.
+    pub fn topic(&self, routed: &str) -> String {
+        let mut out = String::with_capacity(self.topic_replacement.len() + routed.len());
+        for p in &self.topic {
+            match p {
+                TopicPart::Literal(s) => out.push_str(s),
+                TopicPart::Routed => out.push_str(routed),
+            }
+        }
+        out
+    }
+
+    /// Finds the columns the options name in a table's columns (`(name, type OID)`, in tuple
+    /// order). Fails naming the missing ones.
+    pub fn bind(&self, columns: &[(&str, u32)]) -> Result<BoundColumns, String> {
+        let find = |name: &str| columns.iter().position(|(c, _)| *c == name);
+        let mut missing = Vec::new();
+        let mut need = |option: &str, name: &str| -> usize {
+            find(name).unwrap_or_else(|| {
+                missing.push(format!("{name} ({option})"));
+                0
+            })
+        };
+        let id = need("table.field.event.id", &self.event_id);
+        let key = need("table.field.event.key", &self.event_key);
+        let payload = need("table.field.event.payload", &self.payload);
+        let route_by = need("route.by.field", &self.route_by);
+        if let Some(ts) = &self.event_timestamp {
+            need("table.field.event.timestamp", ts);
+        }
+        let additional: Vec<usize> = self
+            .additional
+            .iter()
+            .map(|a| need("table.fields.additional.placement", &a.column))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the table has no column {}",
+                missing.join(", no column ")
+            ));
+        }
+        Ok(BoundColumns {
+            id,
+            key,
+            payload_id: find(&self.payload_id),
+            payload,
+            route_by,
+            event_type: find(&self.event_type),
+            additional,
+            types: columns.iter().map(|(_, t)| *t).collect(),
+        })
+    }
+
+    /// Applies the router to one inserted row (`values` in the order of the columns given to
+    /// [`EventRouterOptions::bind`]; `None` is NULL, text values as PostgreSQL prints them with
+    /// `DateStyle=ISO` and `TimeZone=UTC`). An error means the row cannot be routed.
+    pub fn route(&self, b: &BoundColumns, values: &[Option<&str>]) -> Result<Routed, String> {
+        let get = |i: usize| values.get(i).copied().flatten();
+        let ty = |i: usize| b.types.get(i).copied().unwrap_or(0);
+        let id =
+            get(b.id).ok_or_else(|| format!("the event id column {} is NULL", self.event_id))?;
+        let routed = get(b.route_by)
+            .ok_or_else(|| format!("the route.by.field column {} is NULL", self.route_by))?;
+        let (key_index, key_text) = match get(b.key) {
+            Some(k) => (b.key, Some(k)),
+            None => match b.payload_id.and_then(|i| get(i).map(|k| (i, k))) {
+                Some((i, k)) => (i, Some(k)),
+                None => (b.key, None),
+            },
+        };
+        let key = key_text.map(|k| match self.key_converter {
+            Converter::String => k.to_string(),
+            Converter::Json => json_value(ty(key_index), k),
+        });
+
+        let payload_text = get(b.payload);
+        let payload_json = payload_text.map(|p| {
+            let t = ty(b.payload);
+            if self.expand_json_payload
+                && is_stringish(t)
+                && (p.starts_with('{') || p.starts_with('['))
+            {
+                if let Some(min) = minify_json(p) {
+                    return min;
+                }
+            }
+            json_value(t, p)
+        });
+        let is_empty = match payload_text {
+            None => true,
+            Some(p) => is_stringish(ty(b.payload)) && p.trim().is_empty(),
+        };
+        let envelope: Vec<(&AdditionalField, usize)> = self
+            .additional
+            .iter()
+            .zip(&b.additional)
+            .filter(|(a, _)| a.placement == Placement::Envelope)
+            .map(|(a, i)| (a, *i))
+            .collect();
+        let value = if is_empty && self.tombstone_on_empty_payload {
+            None
+        } else if envelope.is_empty() {
+            match (self.value_converter, payload_text) {
+                (_, None) => None,
+                (Converter::String, Some(p)) => Some(p.as_bytes().to_vec()),
+                (Converter::Json, Some(_)) => payload_json.map(String::into_bytes),
+            }
+        } else {
+            let mut v = String::with_capacity(payload_text.map_or(8, str::len) + 64);
+            v.push_str("{\"payload\":");
+            v.push_str(payload_json.as_deref().unwrap_or("null"));
+            for (a, i) in envelope {
+                v.push(',');
+                v.push_str(&json_string(&a.alias));
+                v.push(':');
+                match get(i) {
+                    Some(t) => v.push_str(&json_value(ty(i), t)),
+                    None => v.push_str("null"),
+                }
+            }
+            v.push('}');
+            Some(v.into_bytes())
+        };
+        let mut headers = Vec::with_capacity(1 + self.additional.len());
+        headers.push(("id".to_string(), id.to_string()));
+        for (a, i) in self.additional.iter().zip(&b.additional) {
+            if a.placement == Placement::Header {
+                if let Some(t) = get(*i) {
+                    headers.push((a.alias.clone(), header_value(ty(*i), t)));
+                }
+            }
+        }
+        Ok(Routed {
+            id: id.to_string(),
+            topic: self.topic(routed),
+            key,
+            value,
+            headers,
+            routed_by: routed.to_string(),
+            event_type: b.event_type.and_then(get).map(str::to_string),
+            raw_key: key_text.map(str::to_string),
+        })
+    }
+}
+
+/// Column positions of the options in one table, from [`EventRouterOptions::bind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundColumns {
+    id: usize,
+    key: usize,
+    payload_id: Option<usize>,
+    payload: usize,
+    route_by: usize,
+    event_type: Option<usize>,
+    additional: Vec<usize>,
+    types: Vec<u32>,
+}
+
+/// One routed row: what Debezium would have written to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The event id as the table holds it (the `id` header).
+    pub id: String,
+    /// The topic.
+    pub topic: String,
+    /// The serialised key; `None` for a null key.
+    pub key: Option<String>,
+    /// The serialised value; `None` for a tombstone (null value).
+    pub value: Option<Vec<u8>>,
+    /// Headers, `id` first.
+    pub headers: Vec<(String, String)>,
+    /// The `route.by.field` value.
+    pub routed_by: String,
+    /// The event type column's value, when the column exists.
+    pub event_type: Option<String>,
+    /// The key column's value as text, before serialisation.
+    pub raw_key: Option<String>,
+}
+
+/// Types Debezium maps to a Connect string (text, varchar, json, jsonb, uuid, …): everything
+/// not rendered as a number, boolean or epoch-based time.
+fn is_stringish(t: u32) -> bool {
+    !matches!(
+        t,
+        oid::BOOL
+            | oid::INT2
+            | oid::INT4
+            | oid::INT8
+            | oid::OID
+            | oid::FLOAT4
+            | oid::FLOAT8
+            | oid::NUMERIC
+            | oid::DATE
+            | oid::TIMESTAMP
+    )
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn is_json_number(s: &str) -> bool {
+    serde_json::from_str::<serde_json::Number>(s).is_ok()
+}
+
+/// A column value as Debezium's Connect type for it, in JSON: numbers and booleans as such,
+/// `timestamp` as epoch microseconds, `date` as epoch days, `timestamptz` as an ISO-8601 UTC
+/// string, everything else (text, json, jsonb, uuid, …) as a string.
+pub fn json_value(type_oid: u32, text: &str) -> String {
+    match type_oid {
+        oid::BOOL => match text {
+            "t" | "true" => "true".into(),
+            "f" | "false" => "false".into(),
+            other => json_string(other),
+        },
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC
+            if is_json_number(text) =>
+        {
+            text.to_string()
+        }
+        oid::TIMESTAMP => match parse_timestamp(text) {
+            Some(t) => t.and_utc().timestamp_micros().to_string(),
+            None => json_string(text),
+        },
+        oid::DATE => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            Ok(d) => (d - NaiveDate::default()).num_days().to_string(),
+            Err(_) => json_string(text),
+        },
+        oid::TIMESTAMPTZ => json_string(&zoned_timestamp(text).unwrap_or_else(|| text.into())),
+        _ => json_string(text),
+    }
+}
+
+/// A column value as a header value: strings as they are, other types as their JSON text.
+fn header_value(type_oid: u32, text: &str) -> String {
+    match type_oid {
+        oid::BOOL | oid::TIMESTAMP | oid::DATE => json_value(type_oid, text),
+        oid::TIMESTAMPTZ => zoned_timestamp(text).unwrap_or_else(|| text.into()),
+        _ => text.to_string(),
+    }
+}
+
+fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok()
+}
+
+/// `2024-05-01 12:00:00.1234+00` → `2024-05-01T12:00:00.1234Z` (Debezium's ZonedTimestamp:
+/// ISO-8601, the fraction as short as it can be).
+fn zoned_timestamp(text: &str) -> Option<String> {
+    let t = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()?
+        .with_timezone(&Utc);
+    let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = t.timestamp_subsec_nanos();
+    if nanos > 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    Some(s)
+}
+
+/// Compact JSON text with the members in their original order (as Jackson re-serialises a
+/// parsed document). `None` when `text` is not JSON.
+pub fn minify_json(text: &str) -> Option<String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// What a Kafka Connect registration of Debezium's PostgreSQL connector says that the relay
+/// uses. Built by [`Connector::parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connector {
+    /// The connector's `name`, when the file has one.
+    pub name: Option<String>,
+    /// A `postgres://` URL from `database.hostname`, `database.port`, `database.user`,
+    /// `database.password`, `database.dbname` and `database.sslmode`; `None` without a host or
+    /// database name.
+    pub database_url: Option<String>,
+    /// `slot.name` (Debezium's default `debezium`).
+    pub slot: String,
+    /// `publication.name` (Debezium's default `dbz_publication`).
+    pub publication: String,
+    /// False when `publication.autocreate.mode = disabled`.
+    pub create_publication: bool,
+    /// `table.include.list` (or the older `table.whitelist`): `schema.table` names.
+    pub tables: Vec<String>,
+    /// `heartbeat.interval.ms`, when set and positive.
+    pub heartbeat: Option<Duration>,
+    /// The outbox EventRouter's options.
+    pub router: EventRouterOptions,
+    /// Options that were read but have no effect in the relay (worth a warning).
+    pub notes: Vec<String>,
+}
+
+fn config_text(key: &str, v: &serde_json::Value) -> Result<String, String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        serde_json::Value::Null => Ok(String::new()),
+        _ => Err(format!("config option {key:?} must be a string")),
+    }
+}
+
+fn table_names(key: &str, v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if t.contains([
+            '*', '+', '?', '[', ']', '(', ')', '|', '^', '$', '\\', '{', '}',
+        ]) {
+            return Err(format!(
+                "{key}: {t:?} is a pattern; the relay needs plain schema.table names"
+            ));
+        }
+        if t.split('.').count() != 2 {
+            return Err(format!(
+                "{key}: {t:?} is not a schema.table name (e.g. public.outbox)"
+            ));
+        }
+        out.push(t.to_string());
+    }
+    Ok(out)
+}
+
+impl Connector {
+    /// Parses a connector registration: the JSON body POSTed to Kafka Connect
+    /// (`{"name": …, "config": {…}}`) or the bare config object (`PUT …/config`).
+    ///
+    /// Refused: another connector class, a logical decoding plugin other than `pgoutput`, no
+    /// EventRouter transform, or EventRouter options the relay cannot honour.
+    pub fn parse(json: &str) -> Result<Connector, String> {
+        let doc: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
+        let top = doc
+            .as_object()
+            .ok_or("expected a JSON object {\"name\": …, \"config\": {…}}")?;
+        let (name, config) = match top.get("config") {
+            Some(serde_json::Value::Object(c)) => (
+                top.get("name").and_then(|n| n.as_str()).map(str::to_string),
+                c,
+            ),
+            Some(_) => return Err("\"config\" must be an object".into()),
+            None => (None, top),
+        };
+        let mut cfg: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in config {
+            cfg.insert(k.clone(), config_text(k, v)?);
+        }
+        let get = |k: &str| cfg.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+        let mut notes = Vec::new();
+
+        if let Some(class) = get("connector.class") {
+            if class != POSTGRES_CONNECTOR && class != "PostgresConnector" {
+                return Err(format!(
+                    "connector.class = {class:?}: only Debezium's PostgreSQL connector \
+                     ({POSTGRES_CONNECTOR}) can be replaced by the relay"
+                ));
+            }
+        }
+        if let Some(plugin) = get("plugin.name") {
+            if plugin != "pgoutput" {
+                return Err(format!(
+                    "plugin.name = {plugin:?}: the relay decodes pgoutput only"
+                ));
+            }
+        }
+
+        // The outbox transform.
+        let transforms: Vec<&str> = get("transforms")
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut router_name = None;
+        for t in &transforms {
+            match get(&format!("transforms.{t}.type")) {
+                Some(EVENT_ROUTER) if router_name.is_none() => router_name = Some(*t),
+                Some(EVENT_ROUTER) => {
+                    return Err(format!(
+                        "transforms: more than one EventRouter ({} and {t})",
+                        router_name.unwrap_or_default()
+                    ))
+                }
+                Some(other) => notes.push(format!(
+                    "transform {t} ({other}) is not applied: the relay applies the outbox \
+                     EventRouter only"
+                )),
+                None => return Err(format!("transforms.{t}.type is missing")),
+            }
+        }
+        let router_name = router_name.ok_or_else(|| {
+            format!(
+                "no outbox EventRouter in \"transforms\": expected transforms.<name>.type = \
+                 {EVENT_ROUTER}"
+            )
+        })?;
+        let prefix = format!("transforms.{router_name}.");
+        let mut router_opts: Vec<(&str, &str)> = cfg
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n, v.as_str())))
+            .collect();
+        for k in [
+            "key.converter",
+            "value.converter",
+            "key.converter.schemas.enable",
+            "value.converter.schemas.enable",
+        ] {
+            if let Some(v) = cfg.get(k) {
+                router_opts.push((k, v.as_str()));
+            }
+        }
+        let (router, router_notes) = EventRouterOptions::from_options(router_opts)
+            .map_err(|e| format!("transforms.{router_name}: {e}"))?;
+        notes.extend(router_notes);
+
+        // The database.
+        let database_url = match (get("database.hostname"), get("database.dbname")) {
+            (Some(host), Some(db)) => Some(database_url(
+                host,
+                get("database.port"),
+                get("database.user"),
+                cfg.get("database.password").map(String::as_str),
+                db,
+                get("database.sslmode"),
+            )?),
+            _ => None,
+        };
+
+        let tables = match get("table.include.list").or(get("table.whitelist")) {
+            Some(v) => table_names("table.include.list", v)?,
+            None => Vec::new(),
+        };
+        for ignored in ["schema.include.list", "schema.whitelist"] {
+            if get(ignored).is_some() {
+                notes.push(format!(
+                    "{ignored} is ignored: table.include.list names the captured tables"
+                ));
+            }
+        }
+        let create_publication = match get("publication.autocreate.mode") {
+            None | Some("all_tables") | Some("filtered") | Some("no_tables") => true,
+            Some("disabled") => false,
+            Some(other) => {
+                return Err(format!(
+                    "publication.autocreate.mode = {other:?}: expected all_tables, filtered, \
+                     no_tables or disabled"
+                ))
+            }
+        };
+        if let Some(mode) = get("snapshot.mode") {
+            if !matches!(mode, "never" | "no_data") {
+                notes.push(format!(
+                    "snapshot.mode = {mode}: the relay takes no snapshot; it streams rows \
+                     inserted after the slot was created (or from where an existing slot \
+                     stands)"
+                ));
+            }
+        }
+        if get("slot.drop.on.stop") == Some("true") {
+            notes.push("slot.drop.on.stop is ignored: the relay keeps its slot".into());
+        }
+        let heartbeat = match get("heartbeat.interval.ms") {
+            Some(ms) => {
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| format!("heartbeat.interval.ms = {ms:?}: expected a number"))?;
+                (ms > 0).then(|| Duration::from_millis(ms))
+            }
+            None => None,
+        };
+        Ok(Connector {
+            name,
+            database_url,
+            slot: get("slot.name").unwrap_or(DEFAULT_SLOT).to_string(),
+            publication: get("publication.name")
+                .unwrap_or(DEFAULT_PUBLICATION)
+                .to_string(),
+            create_publication,
+            tables,
+            heartbeat,
+            router,
+            notes,
+        })
+    }
+}
+
+fn database_url(
+    host: &str,
+    port: Option<&str>,
+    user: Option<&str>,
+    password: Option<&str>,
+    db: &str,
+    sslmode: Option<&str>,
+) -> Result<String, String> {
+    let mut u = url::Url::parse("postgres://localhost/")
+        .map_err(|e| format!("cannot build the database URL: {e}"))?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    u.set_host(Some(&host))
+        .map_err(|e| format!("database.hostname = {host:?}: {e}"))?;
+    if let Some(p) = port {
+        let p: u16 = p
+            .parse()
+            .map_err(|_| format!("database.port = {p:?}: expected a port number"))?;
+        u.set_port(Some(p))
+            .map_err(|_| "database.port: cannot be set".to_string())?;
+    }
+    if let Some(user) = user {
+        u.set_username(user)
+            .map_err(|_| "database.user: cannot be set".to_string())?;
+    }
+    if let Some(pw) = password.filter(|p| !p.is_empty()) {
+        u.set_password(Some(pw))
+            .map_err(|_| "database.password: cannot be set".to_string())?;
+    }
+    u.set_path(&format!("/{db}"));
+    if let Some(mode) = sslmode {
+        u.query_pairs_mut().append_pair("sslmode", mode);
+    }
+    Ok(u.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE: &str = r#"{"name": "outbox-connector", "config": {"connector.class": "io.debezium.connector.postgresql.PostgresConnector", "database.hostname": "postgres", "database.port": "5432", "database.user": "app", "database.password": "secret", "database.dbname": "myapp", "topic.prefix": "myapp", "table.include.list": "public.outbox", "transforms": "outbox", "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter", "transforms.outbox.table.field.event.id": "id", "transforms.outbox.table.field.event.key": "aggregate_id", "transforms.outbox.table.field.event.type": "event_type", "transforms.outbox.table.field.event.payload": "payload", "transforms.outbox.route.by.field": "aggregate_type", "transforms.outbox.route.topic.replacement": "${routedByValue}-events"}}"#;
+
+    const CONTRACT: [(&str, u32); 8] = [
+        ("id", 2950),
+        ("seq", 20),
+        ("aggregate_type", 25),
+        ("aggregate_id", 25),
+        ("event_type", 25),
+        ("payload", 3802),
+        ("headers", 3802),
+        ("created_at", 1184),
+    ];
+
+    #[test]
+    fn the_reference_registration() {
+        let c = Connector::parse(REFERENCE).unwrap();
+        assert_eq!(c.name.as_deref(), Some("outbox-connector"));
+        assert_eq!(
+            c.database_url.as_deref(),
+            Some("postgres://app:secret@postgres:5432/myapp")
+        );
+        assert_eq!(c.slot, "debezium");
+        assert_eq!(c.publication, "dbz_publication");
+        assert_eq!(c.tables, ["public.outbox"]);
+        assert_eq!(c.router.event_key, "aggregate_id");
+        assert_eq!(c.router.route_by, "aggregate_type");
+        assert_eq!(c.router.topic("Order"), "Order-events");
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+
+        let b = c.router.bind(&CONTRACT).unwrap();
+        let row = [
+            Some("0190a6b2-1111-7000-8000-000000000001"),
+            Some("7"),
+            Some("Order"),
+            Some("o-1"),
+            Some("OrderCreated"),
+            Some(r#"{"total": 9.5, "order_id": "o-1"}"#),
+            None,
+            Some("2024-05-01 12:00:00.5+00"),
+        ];
+        let r = c.router.route(&b, &row).unwrap();
+        assert_eq!(r.topic, "Order-events");
+        assert_eq!(r.key.as_deref(), Some("\"o-1\""));
+        assert_eq!(
+            String::from_utf8(r.value.unwrap()).unwrap(),
+            r#""{\"total\": 9.5, \"order_id\": \"o-1\"}""#
+        );
+        assert_eq!(
+            r.headers,
+            [(
+                "id".to_string(),
+                "0190a6b2-1111-7000-8000-000000000001".to_string()
+            )]
+        );
+        assert_eq!(r.event_type.as_deref(), Some("OrderCreated"));
+    }
+
+    #[test]
+    fn debezium_defaults_on_the_default_table() {
+        let (o, notes) = EventRouterOptions::from_options([]).unwrap();
+        assert!(notes.is_empty());
+        let cols = [
+            ("id", 2950),
+            ("aggregatetype", 1043),
+            ("aggregateid", 1043),
+            ("type", 1043),
+            ("payload", 3802),
+        ];
+        let b = o.bind(&cols).unwrap();
+        let r = o
+            .route(
+                &b,
+                &[
+                    Some("4d47e190-0402-4048-bc2c-89dd54343cdc"),
+                    Some("order"),
+                    Some("1"),
+                    Some("OrderCreated"),
+                    Some(r#"{"id": 1}"#),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.topic, "outbox.event.order");
+        assert_eq!(r.key.as_deref(), Some("\"1\""));
+        assert_eq!(r.value.unwrap(), br#""{\"id\": 1}""#);
+        // A NULL payload is a null value (a tombstone).
+        let r = o
+            .route(
+                &b,
+                &[Some("x"), Some("order"), Some("1"), Some("Deleted"), None],
+            )
+            .unwrap();
+        assert_eq!(r.value, None);
+    }
+
+    #[test]
+    fn expand_envelope_headers_and_converters() {
+        let (o, _) = EventRouterOptions::from_options([
+            ("table.expand.json.payload", "true"),
+            (
+                "table.fields.additional.placement",
+                "type:header:eventType,version:envelope,at:envelope:when,type:envelope",
+            ),
+            (
+                "key.converter",
+                "org.apache.kafka.connect.storage.StringConverter",
+            ),
+        ])
+        .unwrap();
+        let cols = [
+            ("id", 2950),
+            ("aggregatetype", 25),
+            ("aggregateid", 25),
+            ("type", 25),
+            ("payload", 3802),
+            ("version", 23),
+            ("at", 1184),
+        ];
+        let b = o.bind(&cols).unwrap();
+        let r = o
+            .route(
+                &b,
+                &[
+                    Some("i"),
+                    Some("customers"),
+                    Some("c-1"),
+                    Some("Created"),
+                    Some(r#"{"a": [1, 2], "b": "x y"}"#),
+                    Some("3"),
+                    Some("2024-05-01 12:00:00.120+00"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.key.as_deref(), Some("c-1"));
+        assert_eq!(
+            String::from_utf8(r.value.unwrap()).unwrap(),
+            r#"{"payload":{"a":[1,2],"b":"x y"},"version":3,"when":"2024-05-01T12:00:00.12Z","type":"Created"}"#
+        );
+        assert_eq!(r.headers[1], ("eventType".into(), "Created".into()));
+    }
+
+    #[test]
+    fn tombstones_and_failed_expansion() {
+        let (o, _) = EventRouterOptions::from_options([
+            ("route.tombstone.on.empty.payload", "true"),
+            ("table.expand.json.payload", "true"),
+            ("table.field.event.payload", "body"),
+        ])
+        .unwrap();
+        let cols = [
+            ("id", 25),
+            ("aggregatetype", 25),
+            ("aggregateid", 25),
+            ("body", 25),
+        ];
+        let b = o.bind(&cols).unwrap();
+        let row = |p: Option<&'static str>| [Some("1"), Some("t"), Some("k"), p];
+        assert_eq!(o.route(&b, &row(Some("  "))).unwrap().value, None);
+        assert_eq!(o.route(&b, &row(None)).unwrap().value, None);
+        // Not JSON: kept as a string, as Debezium does.
+        assert_eq!(
+            o.route(&b, &row(Some("{oops"))).unwrap().value.unwrap(),
+            br#""{oops""#
+        );
+    }
+
+    #[test]
+    fn null_key_falls_back_to_the_payload_id_column() {
+        let (o, _) = EventRouterOptions::from_options([("table.field.event.key", "k")]).unwrap();
+        let cols = [
+            ("id", 25),
+            ("aggregatetype", 25),
+            ("aggregateid", 25),
+            ("k", 25),
+            ("payload", 25),
+        ];
+        let b = o.bind(&cols).unwrap();
+        let r = o
+            .route(&b, &[Some("1"), Some("t"), Some("agg"), None, Some("p")])
+            .unwrap();
+        assert_eq!(r.key.as_deref(), Some("\"agg\""));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let err = |opts: &[(&str, &str)]| {
+            EventRouterOptions::from_options(opts.iter().copied()).unwrap_err()
+        };
+        assert!(err(&[("route.topic.replacment", "x")]).contains("unknown EventRouter option"));
+        assert!(err(&[("route.topic.regex", "(.*)")]).contains("only the default"));
+        assert!(err(&[("route.topic.replacement", "a-$x")]).contains("'$'"));
+        assert!(err(&[("route.topic.replacement", "${other}")]).contains("unknown group"));
+        assert!(err(&[("table.fields.additional.placement", "a")]).contains("column:placement"));
+        assert!(err(&[("table.fields.additional.placement", "a:body")]).contains("placement"));
+        assert!(err(&[("table.expand.json.payload", "yes")]).contains("true or false"));
+        assert!(err(&[("value.converter.schemas.enable", "true")]).contains("not supported"));
+        assert!(
+            err(&[("value.converter", "io.confluent.connect.avro.AvroConverter")])
+                .contains("not supported")
+        );
+        let (o, notes) = EventRouterOptions::from_options([
+            ("tracing.span.context.field", "x"),
+            ("route.topic.replacement", r"\$${routedByValue}.$1"),
+        ])
+        .unwrap();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(o.topic("A"), "$A.A");
+        let missing = o.bind(&[("id", 25)]).unwrap_err();
+        assert!(
+            missing.contains("aggregateid (table.field.event.key)"),
+            "{missing}"
+        );
+        assert!(missing.contains("payload"), "{missing}");
+    }
+
+    #[test]
+    fn connector_files_are_checked() {
+        let bad = |cfg: &str| Connector::parse(cfg).unwrap_err();
+        assert!(bad("[1]").contains("JSON object"));
+        assert!(bad("{nope").contains("not valid JSON"));
+        assert!(
+            bad(r#"{"connector.class": "io.debezium.connector.mysql.MySqlConnector"}"#)
+                .contains("only Debezium's PostgreSQL connector")
+        );
+        assert!(bad(r#"{"transforms": "x", "transforms.x.type": "foo"}"#)
+            .contains("no outbox EventRouter"));
+        assert!(bad(r#"{"plugin.name": "decoderbufs"}"#).contains("pgoutput"));
+        let c = Connector::parse(
+            r#"{"connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+                "database.hostname": "db", "database.dbname": "orders", "database.user": "a b",
+                "database.password": "p@ss/w:rd", "database.sslmode": "disable",
+                "slot.name": "s1", "publication.name": "p1", "publication.autocreate.mode": "disabled",
+                "table.whitelist": "inventory.outboxevent", "heartbeat.interval.ms": 5000,
+                "snapshot.mode": "initial",
+                "transforms": "unwrap,outbox",
+                "transforms.unwrap.type": "io.debezium.transforms.ExtractNewRecordState",
+                "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter"}"#,
+        )
+        .unwrap();
+        let url = c.database_url.unwrap();
+        assert_eq!(
+            url,
+            "postgres://a%20b:p%40ss%2Fw%3Ard@db/orders?sslmode=disable"
+        );
+        assert_eq!((c.slot.as_str(), c.publication.as_str()), ("s1", "p1"));
+        assert!(!c.create_publication);
+        assert_eq!(c.tables, ["inventory.outboxevent"]);
+        assert_eq!(c.heartbeat, Some(Duration::from_secs(5)));
+        assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
+        assert!(bad(
+            r#"{"table.include.list": "public.outbox.*", "transforms": "o",
+                        "transforms.o.type": "io.debezium.transforms.outbox.EventRouter"}"#
+        )
+        .contains("pattern"));
+    }
+
+    #[test]
+    fn typed_values() {
+        assert_eq!(json_value(16, "t"), "true");
+        assert_eq!(json_value(20, "12"), "12");
+        assert_eq!(json_value(701, "NaN"), "\"NaN\"");
+        assert_eq!(json_value(1114, "1970-01-01 00:00:01.5"), "1500000");
+        assert_eq!(json_value(1082, "1970-01-11"), "10");
+        assert_eq!(
+            json_value(1184, "2024-05-01 14:00:00+02"),
+            "\"2024-05-01T12:00:00Z\""
+        );
+        assert_eq!(json_value(3802, "{\"a\": 1}"), r#""{\"a\": 1}""#);
+        assert_eq!(
+            minify_json(r#"{ "a b" : [1, "x \" y"] }"#).unwrap(),
+            r#"{"a b":[1,"x \" y"]}"#
+        );
+        assert_eq!(minify_json("{"), None);
+    }
+}

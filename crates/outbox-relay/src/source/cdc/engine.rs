@@ -1,0 +1,632 @@
+//! The delivery side of a CDC session: takes events in commit order, delivers them in rounds
+//! through [`crate::relay::deliver`], retries failures in memory, writes dead letters, and
+//! works out how far the slot may be confirmed.
+//!
+//! Bookkeeping: every stream transaction (and every keep-alive position between transactions)
+//! is a *book* with a count of events not yet done. An event is done once the sink acknowledged
+//! it or it is in the dead-letter table. The confirmed LSN moves to a book's end only when it
+//! and every book before it are done, so a restart from the slot redelivers at most what was
+//! not acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::rows::Event;
+use crate::relay::{deliver, Outcome};
+use crate::sink::{ErrorKind, Sink};
+use crate::store::truncate_error;
+use crate::{Error, Record, RetryPolicy, Router, Stats};
+
+/// What the reader hands to the engine, in stream order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// Events of one transaction (a transaction may come in several chunks).
+    Events(Vec<Event>),
+    /// The transaction is complete; confirming `end_lsn` covers it.
+    Commit { txn: u64, end_lsn: u64 },
+    /// Nothing is open up to `lsn` (a keep-alive between transactions).
+    Position { txn: u64, lsn: u64 },
+}
+
+#[derive(Debug)]
+struct Book {
+    id: u64,
+    outstanding: usize,
+    end: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Parked {
+    due: Instant,
+    queue: VecDeque<Event>,
+}
+
+/// The first dead letter of an aggregate: later events of it wait behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Block {
+    pub seq: i64,
+    pub id: Uuid,
+}
+
+/// Aggregates with a dead letter, by (aggregate_type, aggregate_id).
+pub(crate) type Blocked = HashMap<(String, String), Block>;
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub max_buffered: usize,
+    pub retry: RetryPolicy,
+    pub dead_letters_block: bool,
+    /// The statement that writes dead letters (see [`dead_letter_sql`]).
+    pub dead_letter_sql: String,
+}
+
+/// The shared parts the engine needs.
+pub(crate) struct Parts<'a> {
+    pub pool: &'a PgPool,
+    pub sink: &'a dyn Sink,
+    pub router: &'a Router,
+    pub stats: &'a Arc<Stats>,
+    pub config: &'a EngineConfig,
+}
+
+/// One session's delivery state.
+pub(crate) struct Engine {
+    books: VecDeque<Book>,
+    ready: VecDeque<Event>,
+    parked: HashMap<(String, String), Parked>,
+    dead: Vec<(Event, String)>,
+    dead_retry_at: Option<Instant>,
+    dead_failures: u32,
+    buffered: usize,
+    confirmed: u64,
+}
+
+fn chain_key(r: &Record) -> (String, String) {
+    (r.aggregate_type.clone(), r.aggregate_id.clone())
+}
+
+fn placeholder() -> Record {
+    Record {
+        seq: 0,
+        id: Uuid::nil(),
+        aggregate_type: String::new(),
+        aggregate_id: String::new(),
+        event_type: String::new(),
+        payload: String::new(),
+        headers: None,
+        created_at: Default::default(),
+        retry_count: 0,
+    }
+}
+
+/// Why an event goes to the dead-letter table after failing.
+enum Fate {
+    Parked,
+    Dead(Uuid),
+}
+
+impl Engine {
+    /// An engine whose slot is confirmed up to `confirmed`.
+    pub fn new(confirmed: u64) -> Self {
+        Engine {
+            books: VecDeque::new(),
+            ready: VecDeque::new(),
+            parked: HashMap::new(),
+            dead: Vec::new(),
+            dead_retry_at: None,
+            dead_failures: 0,
+            buffered: 0,
+            confirmed,
+        }
+    }
+
+    /// Events held in memory (not yet done).
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Takes one item from the reader.
+    pub fn apply(&mut self, item: Item) {
+        match item {
+            Item::Events(events) => {
+                for ev in events {
+                    match self.books.back_mut() {
+                        Some(b) if b.id == ev.txn => b.outstanding += 1,
+                        _ => self.books.push_back(Book {
+                            id: ev.txn,
+                            outstanding: 1,
+                            end: None,
+                        }),
+                    }
+                    self.buffered += 1;
+                    self.ready.push_back(ev);
+                }
+            }
+            Item::Commit { txn, end_lsn } => match self.books.back_mut() {
+                Some(b) if b.id == txn => b.end = Some(end_lsn),
+                _ => self.books.push_back(Book {
+                    id: txn,
+                    outstanding: 0,
+                    end: Some(end_lsn),
+                }),
+            },
+            Item::Position { txn, lsn } => match self.books.back_mut() {
+                // Nothing after the last complete book: the position supersedes its end.
+                Some(b) if b.outstanding == 0 && b.end.is_some() => b.end = Some(lsn),
+                _ => self.books.push_back(Book {
+                    id: txn,
+                    outstanding: 0,
+                    end: Some(lsn),
+                }),
+            },
+        }
+    }
+
+    fn done(&mut self, ev: &Event) {
+        self.buffered = self.buffered.saturating_sub(1);
+        if let Ok(i) = self.books.binary_search_by_key(&ev.txn, |b| b.id) {
+            let b = &mut self.books[i];
+            b.outstanding = b.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// Moves the confirmed LSN over complete books; returns it when it moved.
+    pub fn advance(&mut self) -> Option<u64> {
+        let before = self.confirmed;
+        while let Some(b) = self.books.front() {
+            match b.end {
+                Some(end) if b.outstanding == 0 => {
+                    self.confirmed = self.confirmed.max(end);
+                    self.books.pop_front();
+                }
+                _ => break,
+            }
+        }
+        (self.confirmed != before).then_some(self.confirmed)
+    }
+
+    /// True when a round would do something now.
+    pub fn has_work(&self, now: Instant) -> bool {
+        !self.ready.is_empty()
+            || self.parked.values().any(|p| p.due <= now)
+            || (!self.dead.is_empty() && self.dead_retry_at.map_or(true, |t| t <= now))
+    }
+
+    /// When the next parked aggregate (or dead-letter write) becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let parked = self.parked.values().map(|p| p.due).min();
+        let dead = if self.dead.is_empty() {
+            None
+        } else {
+            self.dead_retry_at
+        };
+        match (parked, dead) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One delivery round: the due retries and up to `batch_size` events, delivered with
+    /// [`deliver`]; failures parked with backoff or dead-lettered.
+    pub async fn round(&mut self, p: &Parts<'_>, blocked: &mut Blocked) {
+        let now = Instant::now();
+        let mut batch: Vec<Event> = Vec::new();
+        let due: Vec<(String, String)> = self
+            .parked
+            .iter()
+            .filter(|(_, v)| v.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            if let Some(parked) = self.parked.remove(&k) {
+                batch.extend(parked.queue);
+            }
+        }
+        let mut candidates: Vec<Event> = Vec::new();
+        while batch.len() < p.config.batch_size {
+            let Some(mut ev) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(why) = ev.invalid.take() {
+                tracing::warn!(id = %ev.origin().id, error = %why, "event cannot be routed; moving it to the dead-letter table");
+                if p.config.dead_letters_block {
+                    let o = ev.origin();
+                    blocked.entry(ev.origin_key()).or_insert(Block {
+                        seq: o.seq,
+                        id: o.id,
+                    });
+                }
+                self.dead.push((ev, why));
+                continue;
+            }
+            if let Some(parked) = self.parked.get_mut(&chain_key(&ev.record)) {
+                parked.queue.push_back(ev);
+                continue;
+            }
+            if p.config.dead_letters_block && blocked.contains_key(&ev.origin_key()) {
+                candidates.push(ev);
+                continue;
+            }
+            batch.push(ev);
+        }
+        if !candidates.is_empty() {
+            match refresh_blocks(p.pool, &candidates, blocked).await {
+                Ok(()) => {
+                    for ev in candidates {
+                        match blocked.get(&ev.origin_key()) {
+                            Some(b) if ev.origin().seq >= b.seq && ev.origin().id != b.id => {
+                                let why = format!("waiting behind dead letter {}", b.id);
+                                self.dead.push((ev, why));
+                            }
+                            _ => batch.push(ev),
+                        }
+                    }
+                }
+                Err(e) => {
+                    p.stats.error();
+                    tracing::warn!(error = %e, "reading dead letters failed; will retry");
+                    for ev in candidates.into_iter().rev() {
+                        self.ready.push_front(ev);
+                    }
+                }
+            }
+        }
+
+        if !batch.is_empty() {
+            self.deliver_batch(p, blocked, batch).await;
+        }
+        if !self.dead.is_empty() && self.dead_retry_at.map_or(true, |t| t <= Instant::now()) {
+            self.write_dead(p).await;
+        }
+    }
+
+    async fn deliver_batch(&mut self, p: &Parts<'_>, blocked: &mut Blocked, mut batch: Vec<Event>) {
+        let records: Vec<Record> = batch
+            .iter_mut()
+            .map(|e| std::mem::replace(&mut e.record, placeholder()))
+            .collect();
+        let outcomes = deliver(&records, p.router, p.sink, p.config.max_in_flight).await;
+        let now = Instant::now();
+        let mut fates: HashMap<(String, String), Fate> = HashMap::new();
+        let (mut delivered, mut failed) = (0usize, 0usize);
+        let mut first_error: Option<String> = None;
+        for ((mut ev, record), outcome) in batch.into_iter().zip(records).zip(outcomes) {
+            ev.record = record;
+            let key = chain_key(&ev.record);
+            match (outcome, fates.get(&key)) {
+                (Outcome::Delivered, None) => {
+                    self.done(&ev);
+                    delivered += 1;
+                }
+                (Outcome::Failed(e), None) => {
+                    ev.attempts = ev.attempts.saturating_add(1);
+                    let reason = if e.kind == ErrorKind::Permanent {
+                        Some(e.message.clone())
+                    } else if p.config.retry.exhausted(ev.attempts) {
+                        Some(format!(
+                            "gave up after {} attempts: {}",
+                            ev.attempts, e.message
+                        ))
+                    } else {
+                        None
+                    };
+                    match reason {
+                        Some(reason) => {
+                            tracing::warn!(id = %ev.origin().id, attempts = ev.attempts, error = %e, "event cannot be delivered; moving it to the dead-letter table");
+                            let o = ev.origin();
+                            if p.config.dead_letters_block {
+                                blocked.entry(ev.origin_key()).or_insert(Block {
+                                    seq: o.seq,
+                                    id: o.id,
+                                });
+                            }
+                            fates.insert(key, Fate::Dead(o.id));
+                            self.dead.push((ev, reason));
+                        }
+                        None => {
+                            first_error.get_or_insert_with(|| e.message.clone());
+                            let delay = p
+                                .config
+                                .retry
+                                .delay(ev.attempts)
+                                .max(e.retry_after.unwrap_or(Duration::ZERO));
+                            failed += 1;
+                            fates.insert(key.clone(), Fate::Parked);
+                            self.parked.insert(
+                                key,
+                                Parked {
+                                    due: now + delay,
+                                    queue: VecDeque::from([ev]),
+                                },
+                            );
+                        }
+                    }
+                }
+                // Behind a failure of its aggregate in this round (not attempted, or failed
+                // with it when the flush failed): it keeps its place.
+                (_, Some(Fate::Parked)) | (Outcome::NotAttempted, None) => {
+                    self.parked
+                        .entry(key)
+                        .or_insert_with(|| Parked {
+                            due: now,
+                            queue: VecDeque::new(),
+                        })
+                        .queue
+                        .push_back(ev);
+                }
+                (_, Some(Fate::Dead(id))) => {
+                    if p.config.dead_letters_block {
+                        let why = format!("waiting behind dead letter {id}");
+                        self.dead.push((ev, why));
+                    } else {
+                        // on_dead_letter = proceed: the rest of the aggregate goes next round.
+                        self.parked
+                            .entry(key)
+                            .or_insert_with(|| Parked {
+                                due: now,
+                                queue: VecDeque::new(),
+                            })
+                            .queue
+                            .push_back(ev);
+                    }
+                }
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                error = first_error.as_deref().unwrap_or(""),
+                "deliveries failed; retrying with backoff"
+            );
+        }
+        p.stats.settled(delivered, failed, 0);
+    }
+
+    /// Writes pending dead letters in one statement; they count as done once written.
+    async fn write_dead(&mut self, p: &Parts<'_>) {
+        let dead = std::mem::take(&mut self.dead);
+        match insert_dead_letters(p.pool, &p.config.dead_letter_sql, &dead).await {
+            Ok(()) => {
+                let n = dead.len();
+                for (ev, _) in &dead {
+                    self.done(ev);
+                }
+                self.dead_failures = 0;
+                self.dead_retry_at = None;
+                p.stats.settled(0, 0, n);
+            }
+            Err(e) => {
+                p.stats.error();
+                self.dead_failures = self.dead_failures.saturating_add(1);
+                let pause = Duration::from_millis(200 * 2u64.pow(self.dead_failures.min(5)))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(error = %e, events = dead.len(), retry_in = ?pause, "writing dead letters failed; will retry (the slot is not confirmed past them)");
+                self.dead_retry_at = Some(Instant::now() + pause);
+                self.dead = dead;
+            }
+        }
+    }
+}
+
+fn json_or_string(text: &str) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        text.to_string()
+    } else {
+        serde_json::Value::String(text.to_string()).to_string()
+    }
+}
+
+/// The statement that moves events into the dead-letter table: the same rows the polling
+/// relay's settle statement writes, and, as there, the rows leave the captured table (matched
+/// on `(table, id column, is uuid)`), so `outbox dlq replay` can insert them again.
+pub(crate) fn dead_letter_sql(tables: &[(super::slot::TableName, String, bool)]) -> String {
+    let mut sql = String::new();
+    for (i, (table, id, is_uuid)) in tables.iter().enumerate() {
+        sql.push_str(if i == 0 { "WITH " } else { ", " });
+        let column = super::slot::quote_ident(id);
+        let cond = if *is_uuid {
+            format!("{column} = ANY($1::uuid[])")
+        } else {
+            format!("{column}::text = ANY($1::uuid[]::text[])")
+        };
+        sql.push_str(&format!(
+            "moved_{i} AS (DELETE FROM {} WHERE {cond})\n",
+            table.quoted()
+        ));
+    }
+    sql.push_str(
+        "INSERT INTO outbox_dead_letter
+             (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+              created_at, retry_count, error)
+         SELECT u.id, u.seq, u.t, u.a, u.e, u.p::jsonb, u.h::jsonb, u.c, u.r, u.err
+         FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::int4[], $10::text[])
+              AS u(id, seq, t, a, e, p, h, c, r, err)",
+    );
+    sql
+}
+
+async fn insert_dead_letters(
+    pool: &PgPool,
+    sql: &str,
+    dead: &[(Event, String)],
+) -> Result<(), Error> {
+    let n = dead.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut aggs = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut headers: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut retries = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    for (ev, why) in dead {
+        let o = ev.origin();
+        ids.push(o.id);
+        seqs.push(o.seq);
+        types.push(o.aggregate_type.clone());
+        aggs.push(o.aggregate_id.clone());
+        events.push(o.event_type.clone());
+        payloads.push(json_or_string(&o.payload));
+        headers.push(
+            o.headers
+                .as_deref()
+                .filter(|h| serde_json::from_str::<serde::de::IgnoredAny>(h).is_ok())
+                .map(str::to_string),
+        );
+        created.push(o.created_at);
+        retries.push(i32::try_from(ev.attempts).unwrap_or(i32::MAX));
+        errors.push(truncate_error(why));
+    }
+    sqlx::query(sql)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&types)
+        .bind(&aggs)
+        .bind(&events)
+        .bind(&payloads)
+        .bind(&headers)
+        .bind(&created)
+        .bind(&retries)
+        .bind(&errors)
+        .execute(pool)
+        .await
+        .map_err(crate::error::db)?;
+    Ok(())
+}
+
+/// Re-reads the first dead letter of the candidates' aggregates (a replay or purge may have
+/// removed it since).
+async fn refresh_blocks(
+    pool: &PgPool,
+    candidates: &[Event],
+    blocked: &mut Blocked,
+) -> Result<(), Error> {
+    let mut keys: Vec<(String, String)> = candidates.iter().map(Event::origin_key).collect();
+    keys.sort();
+    keys.dedup();
+    let (types, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query(
+        "SELECT u.t, u.i, d.seq, d.original_id
+         FROM unnest($1::text[], $2::text[]) AS u(t, i)
+         LEFT JOIN LATERAL (
+             SELECT seq, original_id FROM outbox_dead_letter
+             WHERE aggregate_type = u.t AND aggregate_id = u.i
+             ORDER BY seq LIMIT 1) d ON true",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .map_err(crate::error::db)?;
+    for row in rows {
+        let key: (String, String) = (row.try_get("t")?, row.try_get("i")?);
+        let seq: Option<i64> = row.try_get("seq")?;
+        let id: Option<Uuid> = row.try_get("original_id")?;
+        match (seq, id) {
+            (Some(seq), Some(id)) => {
+                blocked.insert(key, Block { seq, id });
+            }
+            _ => {
+                blocked.remove(&key);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every aggregate with a dead letter, with its first one.
+pub(crate) async fn load_blocks(pool: &PgPool) -> Result<Blocked, Error> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT ON (aggregate_type, aggregate_id)
+                aggregate_type, aggregate_id, seq, original_id
+         FROM outbox_dead_letter
+         ORDER BY aggregate_type, aggregate_id, seq",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(crate::error::db)?;
+    let mut out = Blocked::with_capacity(rows.len());
+    for row in rows {
+        out.insert(
+            (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
+            Block {
+                seq: row.try_get("seq")?,
+                id: row.try_get("original_id")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(txn: u64) -> Event {
+        Event {
+            txn,
+            record: placeholder(),
+            origin: None,
+            invalid: None,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn confirmation_waits_for_every_earlier_event() {
+        let mut e = Engine::new(10);
+        e.apply(Item::Events(vec![ev(1), ev(1)]));
+        e.apply(Item::Commit {
+            txn: 1,
+            end_lsn: 100,
+        });
+        e.apply(Item::Events(vec![ev(2)]));
+        e.apply(Item::Commit {
+            txn: 2,
+            end_lsn: 200,
+        });
+        e.apply(Item::Commit {
+            txn: 3,
+            end_lsn: 300,
+        }); // a transaction without events
+        assert_eq!(e.advance(), None);
+        // The second transaction finishes first: nothing moves yet.
+        e.done(&ev(2));
+        assert_eq!(e.advance(), None);
+        e.done(&ev(1));
+        assert_eq!(e.advance(), None);
+        e.done(&ev(1));
+        assert_eq!(e.advance(), Some(300));
+        assert_eq!(e.buffered(), 0);
+    }
+
+    #[test]
+    fn an_open_transaction_holds_the_position_back() {
+        let mut e = Engine::new(0);
+        e.apply(Item::Position { txn: 1, lsn: 50 });
+        assert_eq!(e.advance(), Some(50));
+        e.apply(Item::Events(vec![ev(2)]));
+        e.done(&ev(2));
+        // All its events are done but its commit has not arrived.
+        assert_eq!(e.advance(), None);
+        e.apply(Item::Commit {
+            txn: 2,
+            end_lsn: 80,
+        });
+        e.apply(Item::Position { txn: 3, lsn: 90 });
+        e.apply(Item::Position { txn: 4, lsn: 95 });
+        assert_eq!(e.books.len(), 1, "positions coalesce");
+        assert_eq!(e.advance(), Some(95));
+    }
+}

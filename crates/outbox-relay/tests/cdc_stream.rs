@@ -1,0 +1,482 @@
+//! The CDC source against real PostgreSQL (wal_level = logical): streaming, commit order,
+//! retries, dead letters, heartbeats, configuration errors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_relay::route::debezium::EventRouterOptions;
+use outbox_relay::sink::{Message, Sink, SinkError};
+use outbox_relay::source::cdc::{CdcOptions, CdcRelay, CdcRouting};
+use outbox_relay::store::{ConnectOptions, Store};
+use outbox_relay::{RetryPolicy, Router};
+use outbox_testkit::{require, TestDb};
+use tokio_util::sync::CancellationToken;
+
+/// Records every publish; refuses aggregates listed in `fail` (retryable) until cleared.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<Message>>,
+    fail: Mutex<Vec<String>>,
+    attempts: Mutex<HashMap<String, usize>>,
+}
+
+#[async_trait]
+impl Sink for Recorder {
+    async fn publish(&self, m: &Message) -> Result<(), SinkError> {
+        *self
+            .attempts
+            .lock()
+            .unwrap()
+            .entry(m.key.clone())
+            .or_default() += 1;
+        if self.fail.lock().unwrap().contains(&m.key) {
+            return Err(SinkError::retryable(format!("broker refuses {}", m.key)));
+        }
+        self.seen.lock().unwrap().push(m.clone());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "recorder".into()
+    }
+}
+
+impl Recorder {
+    fn values(&self) -> Vec<(String, serde_json::Value)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| (m.key.clone(), serde_json::from_slice(&m.value).unwrap()))
+            .collect()
+    }
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn slot_name() -> String {
+    format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+fn options(slot: &str) -> CdcOptions {
+    CdcOptions {
+        slot: slot.to_string(),
+        publication: slot.to_string(),
+        heartbeat_interval: Duration::from_secs(60),
+        status_interval: Duration::from_millis(100),
+        retry: RetryPolicy {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            max_attempts: 3,
+            jitter: 0.0,
+        },
+        ..CdcOptions::default()
+    }
+}
+
+async fn setup(db: &TestDb) -> (Store, sqlx::PgPool) {
+    let store = Store::connect(&db.url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pg_pool().unwrap().clone();
+    (store, pool)
+}
+
+struct Running {
+    relay: Arc<CdcRelay>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), outbox_relay::Error>>,
+}
+
+impl Running {
+    async fn start(relay: CdcRelay) -> Running {
+        let relay = Arc::new(relay);
+        relay.prepare().await.unwrap();
+        let stop = CancellationToken::new();
+        let task = {
+            let (relay, stop) = (relay.clone(), stop.clone());
+            tokio::spawn(async move { relay.run(stop).await })
+        };
+        let state = relay.state();
+        wait(Duration::from_secs(20), "the relay to stream", || {
+            state.is_streaming()
+        })
+        .await;
+        Running { relay, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("relay stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn wait(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn insert(pool: &sqlx::PgPool, agg: &str, n: i64) {
+    sqlx::query(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('Order', $1, 'Step', jsonb_build_object('n', $2::bigint))",
+    )
+    .bind(agg)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn confirmed_flush(pool: &sqlx::PgPool, slot: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots
+         WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inserts_stream_in_commit_order_updates_and_deletes_are_ignored() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+    let slot = slot_name();
+    let sink = Arc::new(Recorder::default());
+    let relay = CdcRelay::new(
+        store,
+        &db.url,
+        sink.clone(),
+        CdcRouting::Router(Router::default()),
+        options(&slot),
+    );
+    let run = Running::start(relay).await;
+
+    // Two transactions on one aggregate, committed in the opposite order of their inserts:
+    // the later commit's event was written first, and it must leave second.
+    let mut t1 = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('Order', 'a', 'First', '{\"n\": 1}')")
+        .execute(&mut *t1).await.unwrap();
+    let mut t2 = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('Order', 'a', 'Second', '{\"n\": 2}')")
+        .execute(&mut *t2).await.unwrap();
+    t2.commit().await.unwrap();
+    t1.commit().await.unwrap();
+    // Insert and delete in one transaction: delivered once, the table stays empty of it.
+    let mut t3 = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('Order', 'b', 'Gone', '{\"n\": 3}')")
+        .execute(&mut *t3).await.unwrap();
+    sqlx::query("DELETE FROM outbox WHERE aggregate_id = 'b'")
+        .execute(&mut *t3)
+        .await
+        .unwrap();
+    t3.commit().await.unwrap();
+    // Updates (e.g. a polling relay marking rows) are not events.
+    sqlx::query("UPDATE outbox SET published_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert(&pool, "c", 4).await;
+
+    wait(Duration::from_secs(20), "4 events", || sink.len() >= 4).await;
+    let got = sink.values();
+    let a: Vec<i64> = got
+        .iter()
+        .filter(|(k, _)| k == "a")
+        .map(|(_, v)| v["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(a, [2, 1], "commit order, not insert order");
+    let m = sink.seen.lock().unwrap()[0].clone();
+    assert_eq!(m.topic, "order-events");
+    assert!(got.iter().any(|(k, v)| k == "b" && v["type"] == "Gone"));
+    // Nothing else arrives (the UPDATE and DELETE produced no events).
+    let last_c = sink.values().iter().position(|(k, _)| k == "c");
+    assert!(last_c.is_some());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = 'b'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    // The slot is confirmed past everything once it is delivered.
+    let state = run.relay.state();
+    let end: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    wait(
+        Duration::from_secs(20),
+        "the confirmed LSN to pass the last commit",
+        || state.confirmed_lsn() as i64 >= end - 200_000,
+    )
+    .await;
+    assert_eq!(sink.len(), 4, "exactly once each");
+    run.stop().await;
+    // The stop reported the confirmed position to the server.
+    assert!(confirmed_flush(&pool, &slot).await >= state.confirmed_lsn() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_retry_in_memory_then_dead_letter_and_replay_comes_back_in_order() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+    let slot = slot_name();
+    let sink = Arc::new(Recorder::default());
+    sink.fail.lock().unwrap().push("bad".into());
+    let relay = CdcRelay::new(
+        store.clone(),
+        &db.url,
+        sink.clone(),
+        CdcRouting::Router(Router::default()),
+        options(&slot),
+    );
+    let run = Running::start(relay).await;
+    let before = confirmed_flush(&pool, &slot).await;
+    insert(&pool, "bad", 1).await;
+    insert(&pool, "good", 1).await;
+    insert(&pool, "bad", 2).await;
+    insert(&pool, "good", 2).await;
+
+    // The good aggregate is not held up by the failing one.
+    wait(Duration::from_secs(20), "good events", || {
+        sink.values().iter().filter(|(k, _)| k == "good").count() == 2
+    })
+    .await;
+    // bad#1 fails 3 times, then both bad events are dead letters (the second waits behind).
+    let dead = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, i32, String)>(
+            "SELECT payload->>'n', retry_count, error FROM outbox_dead_letter ORDER BY seq",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = dead(pool.clone()).await;
+        if rows.len() == 2 || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "1");
+    assert_eq!(rows[0].1, 3);
+    assert!(
+        rows[0]
+            .2
+            .contains("gave up after 3 attempts: broker refuses bad"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].2.starts_with("waiting behind dead letter "),
+        "{rows:?}"
+    );
+    assert_eq!(
+        sink.attempts.lock().unwrap()["bad"],
+        3,
+        "bad#2 was never attempted"
+    );
+    // Everything is done: the slot moves on.
+    let state = run.relay.state();
+    wait(Duration::from_secs(20), "the slot to be confirmed", || {
+        state.confirmed_lsn() as i64 > before
+    })
+    .await;
+    // A new event of the aggregate follows its dead letters.
+    insert(&pool, "bad", 3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dead(pool.clone()).await.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bad#3 dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The broker recovers; replay brings all three back through the WAL, in order.
+    sink.fail.lock().unwrap().clear();
+    let replayed = store.replay(None).await.unwrap();
+    assert_eq!(replayed.len(), 3);
+    wait(Duration::from_secs(20), "the replayed events", || {
+        sink.values().iter().filter(|(k, _)| k == "bad").count() == 3
+    })
+    .await;
+    let bad: Vec<i64> = sink
+        .values()
+        .iter()
+        .filter(|(k, _)| k == "bad")
+        .map(|(_, v)| v["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(bad, [1, 2, 3]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_database_still_advances_the_slot() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+    let slot = slot_name();
+    let relay = CdcRelay::new(
+        store,
+        &db.url,
+        Arc::new(outbox_relay::sink::NoopSink),
+        CdcRouting::Router(Router::default()),
+        CdcOptions {
+            heartbeat_interval: Duration::from_millis(500),
+            ..options(&slot)
+        },
+    );
+    let run = Running::start(relay).await;
+    let first = confirmed_flush(&pool, &slot).await;
+    // Nothing is written to the database; only the relay's heartbeats generate WAL here.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = confirmed_flush(&pool, &slot).await;
+        if now > first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot's confirmed LSN did not move from {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lag: i64 = sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+         FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&slot)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(lag >= 0);
+    run.stop().await;
+    // `outbox status` sees the slot and its lag.
+    let store = Store::connect(&db.url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let status = store.status().await.unwrap();
+    assert!(
+        status
+            .replication_slots
+            .iter()
+            .any(|s| s.slot == slot && s.lag_bytes.is_some()),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_problems_are_clear_errors() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+
+    // A user without the REPLICATION privilege.
+    let role = format!(
+        "norepl_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let weak = Store::connect(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let slot = slot_name();
+    let relay = CdcRelay::new(
+        weak.clone(),
+        &url,
+        Arc::new(outbox_relay::sink::NoopSink),
+        CdcRouting::Router(Router::default()),
+        options(&slot),
+    );
+    let err = relay.prepare().await.unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(
+        err.to_string().contains("lacks the REPLICATION privilege"),
+        "{err}"
+    );
+    if let Some(p) = weak.pg_pool() {
+        p.close().await;
+    }
+    sqlx::query(&format!("DROP OWNED BY {role}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // EventRouter options naming columns the table does not have.
+    let (opts, _) = EventRouterOptions::from_options([]).unwrap();
+    let relay = CdcRelay::new(
+        store.clone(),
+        &db.url,
+        Arc::new(outbox_relay::sink::NoopSink),
+        CdcRouting::EventRouter(opts),
+        options(&slot),
+    );
+    let err = relay.prepare().await.unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("no column aggregateid"), "{err}");
+
+    // A second reader without standby fails naming the slot's holder.
+    let relay = CdcRelay::new(
+        store.clone(),
+        &db.url,
+        Arc::new(outbox_relay::sink::NoopSink),
+        CdcRouting::Router(Router::default()),
+        options(&slot),
+    );
+    let run = Running::start(relay).await;
+    let second = CdcRelay::new(
+        store,
+        &db.url,
+        Arc::new(outbox_relay::sink::NoopSink),
+        CdcRouting::Router(Router::default()),
+        CdcOptions {
+            standby: false,
+            ..options(&slot)
+        },
+    );
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        second.run(CancellationToken::new()),
+    )
+    .await
+    .expect("the second reader gives up at once")
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("is in use by another reader"),
+        "{err}"
+    );
+    run.stop().await;
+}
