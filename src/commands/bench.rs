@@ -285,6 +285,8 @@ async fn drain(
         options.nats.stream = BENCH_STREAM.into();
         reset_stream(&args.sink).await;
     }
+    #[cfg(feature = "kafka")]
+    reset_kafka_topic(&args.sink).await;
     let sink = sink::from_url(&args.sink, &options).await?;
     let relay = Arc::new(Relay::new(
         store.clone(),
@@ -339,6 +341,8 @@ async fn drain(
     progress("");
     #[cfg(feature = "nats")]
     reset_stream(&args.sink).await;
+    #[cfg(feature = "kafka")]
+    reset_kafka_topic(&args.sink).await;
     pool.close().await;
     Ok(DrainResult {
         scenario: name,
@@ -368,6 +372,20 @@ async fn reset_stream(sink: &str) {
     {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(BENCH_STREAM).await;
+    }
+}
+
+/// Deletes the benchmark's Kafka topic (`benchorder-events`, the default template's topic
+/// for its `BenchOrder` events) so each run starts empty and leaves nothing behind.
+#[cfg(feature = "kafka")]
+async fn reset_kafka_topic(sink: &str) {
+    if sink.starts_with("kafka://") {
+        let options = outbox_relay::sink::kafka::KafkaOptions::default();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            outbox_relay::sink::kafka::delete_topics(sink, &options, &["benchorder-events"]),
+        )
+        .await;
     }
 }
 
