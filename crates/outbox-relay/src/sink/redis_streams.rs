@@ -88,9 +88,11 @@ impl RedisSink {
                     options.timeout = super::duration::parse(&v)
                         .map_err(|e| crate::Error::Config(format!("Redis URL: timeout: {e}")))?
                 }
-                other => return Err(crate::Error::Config(format!(
+                other => {
+                    return Err(crate::Error::Config(format!(
                     "Redis URL: unknown parameter {other:?} (known: maxlen, maxlen_exact, timeout)"
-                ))),
+                )))
+                }
             }
         }
         if options.maxlen == Some(0) {

@@ -13,12 +13,12 @@
 //! 4. `dead_letters_what_the_broker_refuses`: an oversize or rejected message ends in the
 //!    dead-letter table with a readable reason while other events flow.
 
-mod harness;
-mod nats;
-mod kafka;
 mod amqp;
-mod redis;
+mod harness;
+mod kafka;
 mod mqtt;
+mod nats;
+mod redis;
 mod webhook;
 
 pub use harness::*;
