@@ -515,7 +515,8 @@ struct KafkaUrl {
 }
 
 fn parse_url(url: &str) -> Result<KafkaUrl, crate::Error> {
-    let redacted = crate::redact_url(url);
+    // Echo neither credentials nor query values (a librdkafka property may be a secret).
+    let redacted = crate::redact_url(url.split('?').next().unwrap_or(url));
     let invalid = |why: &str| {
         crate::Error::Config(format!(
             "invalid Kafka URL {redacted}: {why} (e.g. kafka://127.0.0.1:9092 or \
@@ -614,9 +615,14 @@ mod tests {
                 "{bad}"
             );
         }
-        match parse_url("kafka://user:secret@a:1") {
-            Err(crate::Error::Config(m)) => assert!(!m.contains("secret"), "{m}"),
-            _ => panic!("credentials are refused"),
+        for secret in [
+            "kafka://user:secret@a:1",
+            "kafka://a:x?sasl.password=secret",
+        ] {
+            match parse_url(secret) {
+                Err(crate::Error::Config(m)) => assert!(!m.contains("secret"), "{m}"),
+                _ => panic!("{secret} is refused"),
+            }
         }
     }
 

@@ -306,6 +306,8 @@ mod tests {
             "redis://127.0.0.1:1?maxlen_exact=maybe",
             "redis://",
             "redis://:secret@127.0.0.1:1/notadb",
+            "rediss://:secret@127.0.0.1:1",
+            "unix:///tmp/redis.sock",
         ] {
             match RedisSink::connect(url, &RedisOptions::default()).await {
                 Err(crate::Error::Config(m)) => assert!(!m.contains("secret"), "{m}"),
