@@ -120,6 +120,23 @@ pub struct RelayArgs {
     /// JetStream stream for the NATS sink [default: OUTBOX].
     #[arg(long, env = "OUTBOX_NATS_STREAM")]
     pub nats_stream: Option<String>,
+
+    /// CDC: a Debezium connector registration (the JSON POSTed to Kafka Connect). Its
+    /// database.*, slot.name, publication.name, table.include.list and the outbox
+    /// EventRouter's transforms.<name>.* options are honoured; --database-url overrides
+    /// database.*.
+    #[arg(long, value_name = "FILE")]
+    pub debezium_connector: Option<PathBuf>,
+
+    /// CDC: logical replication slot, created when missing [default: outbox_relay, or the
+    /// connector's slot.name].
+    #[arg(long)]
+    pub slot: Option<String>,
+
+    /// CDC: publication, created when missing [default: outbox_relay, or the connector's
+    /// publication.name].
+    #[arg(long)]
+    pub publication: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

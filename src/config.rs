@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub retry: RetrySection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub cdc: CdcSection,
     #[cfg(feature = "nats")]
     #[serde(default)]
     pub nats: outbox_relay::sink::nats::NatsOptions,
@@ -66,6 +68,40 @@ pub struct RetrySection {
     pub max: Option<Duration>,
     pub max_attempts: Option<u32>,
     pub jitter: Option<f64>,
+}
+
+/// `[cdc]`: the CDC source (`relay.source = "cdc"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcSection {
+    /// Logical replication slot (created when missing).
+    pub slot: Option<String>,
+    /// Publication (created when missing).
+    pub publication: Option<String>,
+    /// Captured table, `schema.table` [default: public.outbox].
+    pub table: Option<String>,
+    /// Create the slot when it is missing [default: true].
+    pub create_slot: Option<bool>,
+    /// Create the publication when it is missing [default: true].
+    pub create_publication: Option<bool>,
+    /// Heartbeat after this long without changes [default: 10s].
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Longest wait before a confirmed position reaches the server [default: 1s].
+    #[serde(default, deserialize_with = "duration")]
+    pub status_interval: Option<Duration>,
+    /// How often the replication lag is logged [default: 60s].
+    #[serde(default, deserialize_with = "duration")]
+    pub lag_log_interval: Option<Duration>,
+    /// Stand by while another relay holds the slot (true) or exit with an error [default: true].
+    pub standby: Option<bool>,
+    /// Events per delivery round [default: 4096].
+    pub batch_size: Option<usize>,
+    /// Events held in memory before the stream is paused [default: 65536].
+    pub max_buffered: Option<usize>,
+    /// Debezium outbox EventRouter options by their Debezium names, e.g.
+    /// `"route.by.field" = "aggregate_type"`. When present, rows are routed as Debezium does.
+    pub event_router: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +175,30 @@ mod tests {
         assert_eq!(c.retry.max, Some(Duration::from_secs(60)));
         assert_eq!(c.nats.subjects, vec!["order-events"]);
         assert_eq!(c.nats.stream, "EVENTS");
+    }
+
+    #[test]
+    fn parses_the_cdc_section() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            [relay]
+            source = "cdc"
+            [cdc]
+            slot = "orders_slot"
+            heartbeat_interval = "5s"
+            standby = false
+            [cdc.event_router]
+            "route.by.field" = "aggregate_type"
+            "table.expand.json.payload" = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.cdc.slot.as_deref(), Some("orders_slot"));
+        assert_eq!(c.cdc.heartbeat_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.cdc.standby, Some(false));
+        let er = c.cdc.event_router.unwrap();
+        assert_eq!(er["table.expand.json.payload"], toml::Value::Boolean(true));
+        assert!(toml::from_str::<FileConfig>("[cdc]\nslots = \"x\"").is_err());
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::error::CliError;
 const BENCH_DB: &str = "outbox_bench";
 /// JetStream stream the benchmark publishes to (deleted before and after each run).
 const BENCH_STREAM: &str = "OUTBOX_BENCH";
+/// Replication slot (and publication) of the CDC drain; dropped after each run.
+#[cfg(feature = "cdc")]
+const BENCH_SLOT: &str = "outbox_bench_cdc";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -75,6 +78,11 @@ pub struct BenchArgs {
     /// What the relay does with a delivered row: mark it published or delete it.
     #[arg(long, value_enum, default_value = "mark")]
     pub on_publish: crate::cli::OnPublish,
+
+    /// Sources the drain scenario measures, one drain each, in this order: poll, cdc (e.g.
+    /// `--source poll,cdc`) [default: poll]. The history scenario uses poll.
+    #[arg(long = "source", value_enum, value_delimiter = ',')]
+    pub sources: Vec<crate::cli::SourceKind>,
 
     /// Print the results as JSON instead of a table.
     #[arg(long)]
@@ -136,9 +144,18 @@ pub async fn run(args: &BenchArgs) -> Result<(), CliError> {
     for scenario in scenarios {
         match scenario {
             Scenario::Drain => {
-                let r = drain(args, &admin, 0, "drain").await?;
-                empty = Some(r.events_per_second);
-                report.results.push(r);
+                let sources = if args.sources.is_empty() {
+                    vec![crate::cli::SourceKind::Poll]
+                } else {
+                    args.sources.clone()
+                };
+                for source in sources {
+                    let r = drain_from(args, &admin, 0, "drain", source).await?;
+                    if source == crate::cli::SourceKind::Poll {
+                        empty = Some(r.events_per_second);
+                    }
+                    report.results.push(r);
+                }
             }
             Scenario::History => {
                 let base = match empty {
@@ -198,6 +215,19 @@ fn bench_url(admin_url: &str) -> String {
 }
 
 async fn drop_bench_db(admin: &sqlx::PgPool) -> Result<(), CliError> {
+    // A replication slot of the CDC drain (left by a failed run) would keep the database.
+    for sql in [
+        format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE database = '{BENCH_DB}' AND active_pid IS NOT NULL"
+        ),
+        format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = '{BENCH_DB}' AND NOT active"
+        ),
+    ] {
+        let _ = sqlx::query(&sql).execute(admin).await;
+    }
     sqlx::query(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
         .execute(admin)
         .await?;
@@ -219,6 +249,16 @@ async fn drain(
     history: usize,
     name: &'static str,
 ) -> Result<DrainResult, CliError> {
+    drain_from(args, admin, history, name, crate::cli::SourceKind::Poll).await
+}
+
+async fn drain_from(
+    args: &BenchArgs,
+    admin: &sqlx::PgPool,
+    history: usize,
+    name: &'static str,
+    source: crate::cli::SourceKind,
+) -> Result<DrainResult, CliError> {
     drop_bench_db(admin).await?;
     sqlx::query(&format!("CREATE DATABASE {BENCH_DB}"))
         .execute(admin)
@@ -238,6 +278,18 @@ async fn drain(
         .cloned()
         .ok_or_else(|| CliError::runtime("not PostgreSQL"))?;
     let note = args.payload_bytes.saturating_sub(110);
+    // CDC streams what is written after its slot exists: create it before the backlog.
+    #[cfg(feature = "cdc")]
+    if source == crate::cli::SourceKind::Cdc {
+        use outbox_relay::source::cdc::{slot, TableName};
+        let table = TableName::parse("public.outbox")?;
+        slot::ensure_publication(&pool, BENCH_SLOT, &[table], true).await?;
+        slot::ensure_slot(&pool, BENCH_SLOT, true).await?;
+    }
+    #[cfg(not(feature = "cdc"))]
+    if source == crate::cli::SourceKind::Cdc {
+        return Err(CliError::usage("this build has no CDC source"));
+    }
     if history > 0 {
         let chunk = 250_000;
         let mut done = 0;
@@ -288,6 +340,10 @@ async fn drain(
     #[cfg(feature = "kafka")]
     reset_kafka_topic(&args.sink).await;
     let sink = sink::from_url(&args.sink, &options).await?;
+    #[cfg(feature = "cdc")]
+    if source == crate::cli::SourceKind::Cdc {
+        return cdc_drain(args, store, &url, sink, name).await;
+    }
     let relay = Arc::new(Relay::new(
         store.clone(),
         sink,
@@ -354,6 +410,91 @@ async fn drain(
         history_rows: history,
         batch_size: args.batch_size,
         workers: args.workers,
+        on_publish: args.on_publish,
+        seconds: secs,
+        events_per_second: args.events as f64 / secs,
+    })
+}
+
+/// The CDC drain: the backlog streamed from the slot created before it was written.
+#[cfg(feature = "cdc")]
+async fn cdc_drain(
+    args: &BenchArgs,
+    store: Store,
+    url: &str,
+    sink: Arc<dyn outbox_relay::Sink>,
+    name: &'static str,
+) -> Result<DrainResult, CliError> {
+    use outbox_relay::source::cdc::{slot, CdcOptions, CdcRelay, CdcRouting};
+    let pool = store
+        .pg_pool()
+        .cloned()
+        .ok_or_else(|| CliError::runtime("not PostgreSQL"))?;
+    let options = CdcOptions {
+        slot: BENCH_SLOT.into(),
+        publication: BENCH_SLOT.into(),
+        ..CdcOptions::default()
+    };
+    let batch_size = options.batch_size;
+    let relay = Arc::new(CdcRelay::new(
+        store,
+        url,
+        sink,
+        CdcRouting::Router(Router::default()),
+        options,
+    ));
+    let stats = relay.stats();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = {
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        tokio::spawn(async move { relay.run(shutdown).await })
+    };
+    let deadline = started + Duration::from_secs(600);
+    let mut last_report = Instant::now();
+    let outcome = loop {
+        let delivered = stats.snapshot().delivered as usize;
+        if delivered >= args.events {
+            break Ok(started.elapsed().as_secs_f64());
+        }
+        if task.is_finished() || Instant::now() > deadline {
+            break Err(CliError::runtime(format!(
+                "[{name}/cdc] the relay stopped or stalled after delivering {delivered}/{} events",
+                args.events
+            )));
+        }
+        if last_report.elapsed() > Duration::from_millis(250) {
+            progress(&format!("[{name}/cdc] drained {delivered}/{}", args.events));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    shutdown.cancel();
+    let stopped = task.await;
+    progress("");
+    // The slot would keep the database (and WAL) around.
+    let dropped = slot::drop_slot(&pool, BENCH_SLOT, Duration::from_secs(10)).await;
+    #[cfg(feature = "nats")]
+    reset_stream(&args.sink).await;
+    #[cfg(feature = "kafka")]
+    reset_kafka_topic(&args.sink).await;
+    pool.close().await;
+    let secs = outcome?;
+    match stopped {
+        Ok(r) => r?,
+        Err(e) => return Err(CliError::runtime(format!("relay task: {e}"))),
+    }
+    dropped?;
+    Ok(DrainResult {
+        scenario: name,
+        source: "cdc",
+        sink: outbox_relay::redact_url(&args.sink),
+        events: args.events,
+        aggregates: args.aggregates,
+        payload_bytes: args.payload_bytes,
+        history_rows: 0,
+        batch_size,
+        workers: 1,
         on_publish: args.on_publish,
         seconds: secs,
         events_per_second: args.events as f64 / secs,

@@ -1,6 +1,8 @@
 //! One module per command.
 
 pub mod bench;
+#[cfg(feature = "cdc")]
+mod cdc;
 mod cleanup;
 mod demo;
 mod dlq;

@@ -19,22 +19,20 @@ pub struct Settings {
     pub sink_options: SinkOptions,
 }
 
-pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliError> {
-    let source = match (args.source, file.relay.source.as_deref()) {
-        (Some(s), _) => s,
-        (None, None | Some("poll")) => SourceKind::Poll,
-        (None, Some("cdc")) => SourceKind::Cdc,
-        (None, Some(other)) => {
-            return Err(CliError::usage(format!(
-                "config relay.source = {other:?}: use \"poll\" or \"cdc\""
-            )))
-        }
-    };
-    if source == SourceKind::Cdc {
-        return Err(CliError::usage(
-            "--source cdc is not available in this build yet; use --source poll",
-        ));
+/// The source from `--source`, `OUTBOX_SOURCE` or `relay.source`.
+pub fn source_kind(args: &RelayArgs, file: &FileConfig) -> Result<SourceKind, CliError> {
+    match (args.source, file.relay.source.as_deref()) {
+        (Some(s), _) => Ok(s),
+        (None, None | Some("poll")) => Ok(SourceKind::Poll),
+        (None, Some("cdc")) => Ok(SourceKind::Cdc),
+        (None, Some(other)) => Err(CliError::usage(format!(
+            "config relay.source = {other:?}: use \"poll\" or \"cdc\""
+        ))),
     }
+}
+
+pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliError> {
+    source_kind(args, file)?;
     let sink_url = args
         .sink
         .clone()
@@ -146,6 +144,14 @@ pub fn settings(args: &RelayArgs, file: &FileConfig) -> Result<Settings, CliErro
 }
 
 pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), CliError> {
+    if source_kind(args, file)? == SourceKind::Cdc {
+        #[cfg(feature = "cdc")]
+        return super::cdc::run(cli, args, file).await;
+        #[cfg(not(feature = "cdc"))]
+        return Err(CliError::usage(
+            "this build has no CDC source (cargo feature cdc); use --source poll",
+        ));
+    }
     let settings = settings(args, file)?;
     let url = super::database_url(cli, file)?;
     let sink = sink::from_url(&settings.sink_url, &settings.sink_options).await?;
@@ -171,7 +177,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
 }
 
 /// First SIGINT/SIGTERM: finish the batch in flight and stop. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
+pub(super) async fn watch_signals(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

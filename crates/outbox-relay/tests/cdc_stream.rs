@@ -141,6 +141,13 @@ async fn insert(pool: &sqlx::PgPool, agg: &str, n: i64) {
     .unwrap();
 }
 
+/// Drops a test's slot (slots are cluster-global), waiting for its reader to let go.
+async fn drop_slot(pool: &sqlx::PgPool, slot: &str) {
+    outbox_relay::source::cdc::slot::drop_slot(pool, slot, Duration::from_secs(10))
+        .await
+        .expect("drop the test's slot");
+}
+
 async fn confirmed_flush(pool: &sqlx::PgPool, slot: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots
@@ -228,6 +235,7 @@ async fn inserts_stream_in_commit_order_updates_and_deletes_are_ignored() {
     run.stop().await;
     // The stop reported the confirmed position to the server.
     assert!(confirmed_flush(&pool, &slot).await >= state.confirmed_lsn() as i64);
+    drop_slot(&pool, &slot).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,6 +337,7 @@ async fn failures_retry_in_memory_then_dead_letter_and_replay_comes_back_in_orde
         .unwrap();
     assert_eq!(left, 0);
     run.stop().await;
+    drop_slot(&pool, &slot).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -361,6 +370,10 @@ async fn an_idle_database_still_advances_the_slot() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        run.relay.state().heartbeats() >= 1,
+        "a heartbeat was written"
+    );
     let lag: i64 = sqlx::query_scalar(
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
          FROM pg_replication_slots WHERE slot_name = $1",
@@ -383,6 +396,7 @@ async fn an_idle_database_still_advances_the_slot() {
             .any(|s| s.slot == slot && s.lag_bytes.is_some()),
         "{status:?}"
     );
+    drop_slot(&pool, &slot).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -479,4 +493,5 @@ async fn configuration_problems_are_clear_errors() {
         "{err}"
     );
     run.stop().await;
+    drop_slot(&pool, &slot).await;
 }

@@ -155,6 +155,7 @@ pub struct CdcState {
     lag: AtomicI64,
     streaming: AtomicBool,
     sessions: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 impl CdcState {
@@ -173,6 +174,10 @@ impl CdcState {
     /// Replication sessions started so far.
     pub fn sessions(&self) -> u64 {
         self.sessions.load(Ordering::Relaxed)
+    }
+    /// Heartbeats written into the WAL so far.
+    pub fn heartbeats(&self) -> u64 {
+        self.heartbeats.load(Ordering::Relaxed)
     }
 }
 
@@ -491,6 +496,8 @@ impl CdcRelay {
             config: &config,
         };
         let mut engine = Engine::new(start);
+        // Last time a transaction came through (keep-alive positions do not count: a heartbeat
+        // also proves the stream works end to end).
         let mut last_item = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -505,7 +512,9 @@ impl CdcRelay {
             while engine.buffered() < config.max_buffered {
                 match items.try_recv() {
                     Ok(item) => {
-                        last_item = tokio::time::Instant::now();
+                        if !matches!(item, Item::Position { .. }) {
+                            last_item = tokio::time::Instant::now();
+                        }
                         engine.apply(item);
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -534,7 +543,9 @@ impl CdcRelay {
                 _ = shutdown.cancelled() => break Loop::Stopped,
                 item = items.recv(), if room => match item {
                     Some(item) => {
-                        last_item = tokio::time::Instant::now();
+                        if !matches!(item, Item::Position { .. }) {
+                            last_item = tokio::time::Instant::now();
+                        }
                         engine.apply(item);
                     }
                     None => break Loop::ReaderEnded,
@@ -543,10 +554,13 @@ impl CdcRelay {
                 _ = heartbeat.tick() => {
                     let idle = last_item.elapsed() >= self.options.heartbeat_interval;
                     if idle && side.as_ref().map_or(true, |h| h.is_finished()) {
-                        let pool = pool.clone();
+                        let (pool, state) = (pool.clone(), self.state.clone());
                         side = Some(tokio::spawn(async move {
-                            if let Err(e) = slot::heartbeat(&pool).await {
-                                tracing::warn!(error = %e, "writing a heartbeat failed");
+                            match slot::heartbeat(&pool).await {
+                                Ok(()) => {
+                                    state.heartbeats.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => tracing::warn!(error = %e, "writing a heartbeat failed"),
                             }
                         }));
                     }
