@@ -121,6 +121,14 @@ pub fn settings(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<CdcSet
             )
         })?;
 
+    if outbox_relay::store::Backend::from_url(&database_url)?
+        == outbox_relay::store::Backend::Sqlite
+    {
+        return Err(CliError::usage(
+            "--source cdc needs PostgreSQL (logical replication); use --source poll with SQLite",
+        ));
+    }
+
     let defaults = CdcOptions::default();
     let tables = match (&connector, &file.cdc.table) {
         (Some(c), _) if !c.tables.is_empty() => c

@@ -240,7 +240,7 @@ impl CdcRelay {
 
     fn pool(&self) -> Result<&PgPool, Error> {
         self.store.pg_pool().ok_or_else(|| {
-            Error::Config("the CDC source needs PostgreSQL (use --source poll on SQLite)".into())
+            Error::Config("--source cdc needs PostgreSQL (use --source poll on SQLite)".into())
         })
     }
 
