@@ -20,10 +20,13 @@ use crate::harness::{Harness, Received, Rejection};
 const SECRET: &str = "whsec_Y29uZm9ybWFuY2Utc2VjcmV0";
 const KEY: &[u8] = b"conformance-secret";
 
-/// What the receiver answers: status and optional Retry-After, for the next requests.
+/// A scripted answer: status, optional Retry-After, body.
+type Answer = (u16, Option<&'static str>, &'static str);
+
+/// What the receiver answers to the next requests (then 204 to everything).
 #[derive(Clone, Default)]
 struct Script {
-    answers: Arc<Mutex<Vec<(u16, Option<&'static str>, &'static str)>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
 }
 
 #[derive(Clone)]
