@@ -20,6 +20,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
+    #[cfg_attr(not(feature = "cdc"), allow(dead_code))]
     pub cdc: CdcSection,
     #[cfg(feature = "nats")]
     #[serde(default)]
@@ -72,6 +73,7 @@ pub struct RetrySection {
 
 /// `[cdc]`: the CDC source (`relay.source = "cdc"`).
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(not(feature = "cdc"), allow(dead_code))]
 #[serde(deny_unknown_fields)]
 pub struct CdcSection {
     /// Logical replication slot (created when missing).
@@ -199,6 +201,21 @@ mod tests {
         let er = c.cdc.event_router.unwrap();
         assert_eq!(er["table.expand.json.payload"], toml::Value::Boolean(true));
         assert!(toml::from_str::<FileConfig>("[cdc]\nslots = \"x\"").is_err());
+    }
+
+    /// The README's configuration examples are real: every ```toml block parses.
+    #[test]
+    fn readme_examples_parse() {
+        let readme = include_str!("../README.md");
+        let mut blocks = 0;
+        for block in readme.split("```toml").skip(1) {
+            let text = block.split("```").next().unwrap_or_default();
+            if let Err(e) = toml::from_str::<FileConfig>(text) {
+                panic!("README example does not parse: {e}\n{text}");
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 2, "README has its configuration examples");
     }
 
     #[test]
