@@ -40,10 +40,30 @@ struct Book {
     end: Option<u64>,
 }
 
+/// Events of one aggregate that wait: behind a failure until `due`, or behind a delivery
+/// round that has the aggregate's earlier events out (`round`).
 #[derive(Debug)]
 struct Parked {
+    /// When the queue may go again (ignored while `round` is set).
     due: Instant,
     queue: VecDeque<Event>,
+    /// The round that has this aggregate's earlier events out, if any.
+    round: Option<u64>,
+}
+
+/// A delivery round on its way: its events, and their records (taken out for [`deliver`]).
+pub(crate) struct Round {
+    pub id: u64,
+    pub events: Vec<Event>,
+    pub records: Vec<Record>,
+}
+
+impl Round {
+    /// Publishes the round's records (aggregates concurrently, each in order).
+    pub async fn deliver(self, p: &Parts<'_>) -> (Round, Vec<Outcome>) {
+        let outcomes = deliver(&self.records, p.router, p.sink, p.config.max_in_flight).await;
+        (self, outcomes)
+    }
 }
 
 /// The first dead letter of an aggregate: later events of it wait behind it.
@@ -87,6 +107,7 @@ pub(crate) struct Engine {
     dead_failures: u32,
     buffered: usize,
     confirmed: u64,
+    rounds: u64,
 }
 
 fn chain_key(r: &Record) -> (String, String) {
@@ -125,6 +146,7 @@ impl Engine {
             dead_failures: 0,
             buffered: 0,
             confirmed,
+            rounds: 0,
         }
     }
 
@@ -196,13 +218,21 @@ impl Engine {
     /// True when a round would do something now.
     pub fn has_work(&self, now: Instant) -> bool {
         !self.ready.is_empty()
-            || self.parked.values().any(|p| p.due <= now)
+            || self
+                .parked
+                .values()
+                .any(|p| p.round.is_none() && p.due <= now)
             || (!self.dead.is_empty() && self.dead_retry_at.map_or(true, |t| t <= now))
     }
 
     /// When the next parked aggregate (or dead-letter write) becomes due.
     pub fn next_due(&self) -> Option<Instant> {
-        let parked = self.parked.values().map(|p| p.due).min();
+        let parked = self
+            .parked
+            .values()
+            .filter(|p| p.round.is_none())
+            .map(|p| p.due)
+            .min();
         let dead = if self.dead.is_empty() {
             None
         } else {
@@ -214,20 +244,52 @@ impl Engine {
         }
     }
 
-    /// One delivery round: the due retries and up to `batch_size` events, delivered with
-    /// [`deliver`]; failures parked with backoff or dead-lettered.
-    pub async fn round(&mut self, p: &Parts<'_>, blocked: &mut Blocked) {
+    /// Puts an event into round `id`, or behind the round that has its aggregate out.
+    fn admit(&mut self, id: u64, now: Instant, ev: Event, batch: &mut Vec<Event>) {
+        let key = chain_key(&ev.record);
+        match self.parked.get_mut(&key) {
+            Some(pk) if pk.round == Some(id) => batch.push(ev),
+            Some(pk) => pk.queue.push_back(ev),
+            None => {
+                self.parked.insert(
+                    key,
+                    Parked {
+                        due: now,
+                        queue: VecDeque::new(),
+                        round: Some(id),
+                    },
+                );
+                batch.push(ev);
+            }
+        }
+    }
+
+    /// Forms the next delivery round: the due retries and up to `batch_size` events in stream
+    /// order, skipping (queueing) aggregates another round has out, so no aggregate is in two
+    /// rounds at once. Events that cannot be routed, or wait behind a dead letter, go to the
+    /// dead-letter table. `None` when nothing can go now.
+    pub async fn form(&mut self, p: &Parts<'_>, blocked: &mut Blocked) -> Option<Round> {
         let now = Instant::now();
+        self.rounds += 1;
+        let id = self.rounds;
         let mut batch: Vec<Event> = Vec::new();
         let due: Vec<(String, String)> = self
             .parked
             .iter()
-            .filter(|(_, v)| v.due <= now)
+            .filter(|(_, v)| v.round.is_none() && v.due <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
             if let Some(parked) = self.parked.remove(&k) {
                 batch.extend(parked.queue);
+                self.parked.insert(
+                    k,
+                    Parked {
+                        due: now,
+                        queue: VecDeque::new(),
+                        round: Some(id),
+                    },
+                );
             }
         }
         let mut candidates: Vec<Event> = Vec::new();
@@ -248,14 +310,16 @@ impl Engine {
                 continue;
             }
             if let Some(parked) = self.parked.get_mut(&chain_key(&ev.record)) {
-                parked.queue.push_back(ev);
-                continue;
+                if parked.round != Some(id) {
+                    parked.queue.push_back(ev);
+                    continue;
+                }
             }
             if p.config.dead_letters_block && blocked.contains_key(&ev.origin_key()) {
                 candidates.push(ev);
                 continue;
             }
-            batch.push(ev);
+            self.admit(id, now, ev, &mut batch);
         }
         if !candidates.is_empty() {
             match refresh_blocks(p.pool, &candidates, blocked).await {
@@ -266,7 +330,7 @@ impl Engine {
                                 let why = format!("waiting behind dead letter {}", b.id);
                                 self.dead.push((ev, why));
                             }
-                            _ => batch.push(ev),
+                            _ => self.admit(id, now, ev, &mut batch),
                         }
                     }
                 }
@@ -279,26 +343,59 @@ impl Engine {
                 }
             }
         }
-
-        if !batch.is_empty() {
-            self.deliver_batch(p, blocked, batch).await;
-        }
         if !self.dead.is_empty() && self.dead_retry_at.map_or(true, |t| t <= Instant::now()) {
             self.write_dead(p).await;
         }
-    }
-
-    async fn deliver_batch(&mut self, p: &Parts<'_>, blocked: &mut Blocked, mut batch: Vec<Event>) {
-        let records: Vec<Record> = batch
+        if batch.is_empty() {
+            self.parked
+                .retain(|_, v| v.round != Some(id) || !v.queue.is_empty());
+            for v in self.parked.values_mut() {
+                if v.round == Some(id) {
+                    v.round = None;
+                }
+            }
+            return None;
+        }
+        let records = batch
             .iter_mut()
             .map(|e| std::mem::replace(&mut e.record, placeholder()))
             .collect();
-        let outcomes = deliver(&records, p.router, p.sink, p.config.max_in_flight).await;
+        Some(Round {
+            id,
+            events: batch,
+            records,
+        })
+    }
+
+    /// Takes a delivered round back: acknowledged events are done, failed ones wait with
+    /// backoff (with the rest of their aggregate behind them) or go to the dead-letter table.
+    pub async fn finish(
+        &mut self,
+        p: &Parts<'_>,
+        blocked: &mut Blocked,
+        round: Round,
+        outcomes: Vec<Outcome>,
+    ) {
+        let Round {
+            id,
+            events,
+            records,
+        } = round;
         let now = Instant::now();
+        // Later events of the round's aggregates that queued while it was out.
+        let mut held: Vec<((String, String), VecDeque<Event>)> = Vec::new();
+        for r in &records {
+            let key = chain_key(r);
+            if self.parked.get(&key).is_some_and(|pk| pk.round == Some(id)) {
+                if let Some(pk) = self.parked.remove(&key) {
+                    held.push((key, pk.queue));
+                }
+            }
+        }
         let mut fates: HashMap<(String, String), Fate> = HashMap::new();
         let (mut delivered, mut failed) = (0usize, 0usize);
         let mut first_error: Option<String> = None;
-        for ((mut ev, record), outcome) in batch.into_iter().zip(records).zip(outcomes) {
+        for ((mut ev, record), outcome) in events.into_iter().zip(records).zip(outcomes) {
             ev.record = record;
             let key = chain_key(&ev.record);
             match (outcome, fates.get(&key)) {
@@ -345,6 +442,7 @@ impl Engine {
                                 Parked {
                                     due: now + delay,
                                     queue: VecDeque::from([ev]),
+                                    round: None,
                                 },
                             );
                         }
@@ -353,31 +451,31 @@ impl Engine {
                 // Behind a failure of its aggregate in this round (not attempted, or failed
                 // with it when the flush failed): it keeps its place.
                 (_, Some(Fate::Parked)) | (Outcome::NotAttempted, None) => {
-                    self.parked
-                        .entry(key)
-                        .or_insert_with(|| Parked {
-                            due: now,
-                            queue: VecDeque::new(),
-                        })
-                        .queue
-                        .push_back(ev);
+                    self.park_now(key, now, [ev]);
                 }
-                (_, Some(Fate::Dead(id))) => {
+                (_, Some(Fate::Dead(dead))) => {
                     if p.config.dead_letters_block {
-                        let why = format!("waiting behind dead letter {id}");
+                        let why = format!("waiting behind dead letter {dead}");
                         self.dead.push((ev, why));
                     } else {
                         // on_dead_letter = proceed: the rest of the aggregate goes next round.
-                        self.parked
-                            .entry(key)
-                            .or_insert_with(|| Parked {
-                                due: now,
-                                queue: VecDeque::new(),
-                            })
-                            .queue
-                            .push_back(ev);
+                        self.park_now(key, now, [ev]);
                     }
                 }
+            }
+        }
+        for (key, queue) in held {
+            if queue.is_empty() {
+                continue;
+            }
+            match fates.get(&key) {
+                Some(Fate::Dead(dead)) if p.config.dead_letters_block => {
+                    for ev in queue {
+                        let why = format!("waiting behind dead letter {dead}");
+                        self.dead.push((ev, why));
+                    }
+                }
+                _ => self.park_now(key, now, queue),
             }
         }
         if failed > 0 {
@@ -388,6 +486,27 @@ impl Engine {
             );
         }
         p.stats.settled(delivered, failed, 0);
+        if !self.dead.is_empty() && self.dead_retry_at.map_or(true, |t| t <= Instant::now()) {
+            self.write_dead(p).await;
+        }
+    }
+
+    /// Queues events behind what their aggregate already has waiting (due at once if nothing).
+    fn park_now(
+        &mut self,
+        key: (String, String),
+        now: Instant,
+        evs: impl IntoIterator<Item = Event>,
+    ) {
+        self.parked
+            .entry(key)
+            .or_insert_with(|| Parked {
+                due: now,
+                queue: VecDeque::new(),
+                round: None,
+            })
+            .queue
+            .extend(evs);
     }
 
     /// Writes pending dead letters in one statement; they count as done once written.
@@ -609,6 +728,75 @@ mod tests {
         e.done(&ev(1));
         assert_eq!(e.advance(), Some(300));
         assert_eq!(e.buffered(), 0);
+    }
+
+    fn keyed(txn: u64, agg: &str) -> Event {
+        let mut e = ev(txn);
+        e.record.aggregate_type = "T".into();
+        e.record.aggregate_id = agg.into();
+        e.record.id = Uuid::new_v4();
+        e.record.payload = "{}".into();
+        e
+    }
+
+    fn aggs(r: &Round) -> Vec<String> {
+        r.records.iter().map(|r| r.aggregate_id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_is_never_in_two_rounds_at_once() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let router = Router::default();
+        let stats = Arc::new(Stats::default());
+        let config = EngineConfig {
+            batch_size: 2,
+            max_in_flight: 8,
+            max_buffered: 100,
+            retry: RetryPolicy::default(),
+            dead_letters_block: true,
+            dead_letter_sql: String::new(),
+        };
+        let p = Parts {
+            pool: &pool,
+            sink: &crate::sink::NoopSink,
+            router: &router,
+            stats: &stats,
+            config: &config,
+        };
+        let mut blocked = Blocked::new();
+        let mut e = Engine::new(0);
+        e.apply(Item::Events(vec![keyed(1, "a"), keyed(1, "a")]));
+        e.apply(Item::Commit {
+            txn: 1,
+            end_lsn: 10,
+        });
+        e.apply(Item::Events(vec![keyed(2, "a"), keyed(2, "b")]));
+        e.apply(Item::Commit {
+            txn: 2,
+            end_lsn: 20,
+        });
+        let first = e.form(&p, &mut blocked).await.unwrap();
+        assert_eq!(aggs(&first), ["a", "a"], "one round takes a whole chain");
+        // While the first round is out, a's third event waits; b goes.
+        let second = e.form(&p, &mut blocked).await.unwrap();
+        assert_eq!(aggs(&second), ["b"]);
+        assert!(e.form(&p, &mut blocked).await.is_none());
+        let (second, out) = second.deliver(&p).await;
+        e.finish(&p, &mut blocked, second, out).await;
+        assert_eq!(e.advance(), None, "the first transaction is not done");
+        let (first, out) = first.deliver(&p).await;
+        e.finish(&p, &mut blocked, first, out).await;
+        assert_eq!(e.advance(), Some(10));
+        // a's held event goes next, and then everything is confirmed.
+        let third = e.form(&p, &mut blocked).await.unwrap();
+        assert_eq!(aggs(&third), ["a"]);
+        let (third, out) = third.deliver(&p).await;
+        e.finish(&p, &mut blocked, third, out).await;
+        assert_eq!(e.advance(), Some(20));
+        assert_eq!(e.buffered(), 0);
+        assert_eq!(stats.snapshot().delivered, 4);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
@@ -506,10 +507,13 @@ impl CdcRelay {
         let mut refresh = tokio::time::interval(Duration::from_secs(10));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut side: Option<tokio::task::JoinHandle<()>> = None;
+        // Up to ROUNDS_IN_FLIGHT rounds are out at once (an aggregate is never in two); the
+        // loop keeps taking the reader's items while a round is out.
+        let mut rounds = FuturesUnordered::new();
+        let mut reader_gone = false;
         let ended = loop {
             // Take what the reader has ready, up to the memory bound.
-            let mut reader_gone = false;
-            while engine.buffered() < config.max_buffered {
+            while !reader_gone && engine.buffered() < config.max_buffered {
                 match items.try_recv() {
                     Ok(item) => {
                         if !matches!(item, Item::Position { .. }) {
@@ -518,37 +522,46 @@ impl CdcRelay {
                         engine.apply(item);
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        reader_gone = true;
-                        break;
-                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => reader_gone = true,
                 }
             }
             self.confirm(&mut engine, confirm);
-            if shutdown.is_cancelled() {
-                break Loop::Stopped;
+            let stopping = shutdown.is_cancelled();
+            if (stopping || reader_gone) && rounds.is_empty() {
+                break if stopping {
+                    Loop::Stopped
+                } else {
+                    Loop::ReaderEnded
+                };
             }
-            let now = tokio::time::Instant::now();
-            if engine.has_work(now) {
-                engine.round(&parts, blocked).await;
-                continue;
-            }
-            if reader_gone {
-                break Loop::ReaderEnded;
+            if !stopping
+                && !reader_gone
+                && rounds.len() < ROUNDS_IN_FLIGHT
+                && engine.has_work(tokio::time::Instant::now())
+            {
+                if let Some(round) = engine.form(&parts, blocked).await {
+                    rounds.push(round.deliver(&parts));
+                    continue;
+                }
             }
             let wake = engine.next_due();
             let room = engine.buffered() < config.max_buffered;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Loop::Stopped,
-                item = items.recv(), if room => match item {
+                done = rounds.next(), if !rounds.is_empty() => {
+                    if let Some((round, outcomes)) = done {
+                        engine.finish(&parts, blocked, round, outcomes).await;
+                    }
+                }
+                _ = shutdown.cancelled(), if !stopping => {}
+                item = items.recv(), if room && !reader_gone => match item {
                     Some(item) => {
                         if !matches!(item, Item::Position { .. }) {
                             last_item = tokio::time::Instant::now();
                         }
                         engine.apply(item);
                     }
-                    None => break Loop::ReaderEnded,
+                    None => reader_gone = true,
                 },
                 _ = async { if let Some(w) = wake { tokio::time::sleep_until(w).await } }, if wake.is_some() => {}
                 _ = heartbeat.tick() => {
@@ -766,6 +779,11 @@ struct Assembler {
     last_pos: u64,
     updates: Throttle,
 }
+
+/// Delivery rounds out at once. The engine keeps aggregates out of overlapping rounds, so
+/// more are safe; with NATS JetStream on a 2-core machine two rounds measured slower (about
+/// 40k/s against 47-52k/s: twice the publishes in flight for the same broker), so one it is.
+const ROUNDS_IN_FLIGHT: usize = 1;
 
 /// Events per chunk handed to the engine.
 const CHUNK: usize = 1024;
