@@ -594,8 +594,6 @@ async fn configuration_problems_exit_with_status_2_and_no_password() {
     assert!(r.stderr.contains("route.topic.regex"), "{}", r.stderr);
 
     // The connector's own database.* (no --database-url): its password never shows.
-    let (host_db, _) = db.url.rsplit_once('/').unwrap();
-    let _ = host_db;
     let own = write_connector(
         &REFERENCE
             .replace(

@@ -497,3 +497,53 @@ async fn configuration_problems_are_clear_errors() {
     run.stop().await;
     drop_slot(&pool, &slot).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_in_debeziums_default_shape_routes_with_debeziums_defaults() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+    sqlx::query(
+        "CREATE TABLE inventory_outboxevent (
+             id uuid PRIMARY KEY, aggregatetype varchar(255) NOT NULL,
+             aggregateid varchar(255) NOT NULL, type varchar(255) NOT NULL, payload jsonb)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let slot = slot_name();
+    let sink = Arc::new(Recorder::default());
+    let (router, _) = EventRouterOptions::from_options([]).unwrap();
+    let relay = CdcRelay::new(
+        store,
+        &db.url,
+        sink.clone(),
+        CdcRouting::EventRouter(router),
+        CdcOptions {
+            tables: vec![outbox_relay::source::cdc::TableName::parse(
+                "public.inventory_outboxevent",
+            )
+            .unwrap()],
+            ..options(&slot)
+        },
+    );
+    let run = Running::start(relay).await;
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO inventory_outboxevent VALUES ($1, 'order', '1', 'OrderCreated', '{\"id\": 1, \"customerId\": 123}')",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Rows of other tables are not captured.
+    insert(&pool, "x", 1).await;
+    wait(Duration::from_secs(20), "the event", || sink.len() >= 1).await;
+    let m = sink.seen.lock().unwrap()[0].clone();
+    assert_eq!(m.topic, "outbox.event.order");
+    assert_eq!(m.key, "\"1\"");
+    assert_eq!(&m.value[..], br#""{\"id\": 1, \"customerId\": 123}""#);
+    assert_eq!(m.headers, [("id".to_string(), id.to_string())]);
+    run.stop().await;
+    assert_eq!(sink.len(), 1);
+    drop_slot(&pool, &slot).await;
+}
