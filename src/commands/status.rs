@@ -25,6 +25,17 @@ pub async fn run(store: &Store, json: bool) -> Result<(), CliError> {
     if status.dead_letters > 0 {
         println!("  see `outbox dlq list`; `outbox dlq replay` re-delivers them");
     }
+    #[cfg(feature = "cdc")]
+    for slot in &status.replication_slots {
+        println!(
+            "slot {:<16} {:<8} lag {} (confirmed {})",
+            slot.slot,
+            if slot.active { "active" } else { "inactive" },
+            slot.lag_bytes
+                .map_or_else(|| "?".into(), |b| format!("{b} bytes")),
+            slot.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+        );
+    }
     Ok(())
 }
 

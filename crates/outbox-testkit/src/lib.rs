@@ -110,20 +110,34 @@ impl Drop for TestDb {
                     if let Ok(mut c) =
                         <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
                     {
-                        // Logical replication slots pin a database: stop and drop them first.
-                        for sql in [
-                            format!(
-                                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                                 WHERE database = '{name}' AND active_pid IS NOT NULL"
-                            ),
-                            format!(
-                                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                                 WHERE database = '{name}' AND NOT active"
-                            ),
-                            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                        ] {
-                            let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
+                        // Logical replication slots pin a database: stop their readers and
+                        // drop them first. A walsender takes a moment to exit: retry briefly.
+                        for _ in 0..50 {
+                            for sql in [
+                                format!(
+                                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                                     WHERE database = '{name}' AND active_pid IS NOT NULL"
+                                ),
+                                format!(
+                                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                                     WHERE database = '{name}' AND NOT active"
+                                ),
+                            ] {
+                                let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
+                            }
+                            let left: Result<i64, _> = sqlx::query_scalar(
+                                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                            )
+                            .bind(&name)
+                            .fetch_one(&mut c)
+                            .await;
+                            if matches!(left, Ok(0) | Err(_)) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
+                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::Executor::execute(&mut c, drop.as_str()).await;
                     }
                 });
             }

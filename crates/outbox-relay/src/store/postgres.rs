@@ -280,6 +280,7 @@ pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uu
          SELECT original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
                 created_at, 0
          FROM moved
+         ORDER BY seq
          RETURNING id",
     )
     .bind(ids)
