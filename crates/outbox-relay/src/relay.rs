@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sink::{ErrorKind, Sink, SinkError};
 use crate::source::poll::{PollOptions, PollSource, Wakeups};
-use crate::store::{Backend, Settlement, Store};
+use crate::store::{Backend, Partition, Settlement, Store};
 use crate::{Error, Record, RetryPolicy, Router, Stats};
 
 /// Relay settings.
@@ -121,9 +121,13 @@ impl Relay {
             stats: self.stats.clone(),
         });
         let mut set = JoinSet::new();
-        for _ in 0..workers {
+        for index in 0..workers {
             let source = PollSource::new(
                 self.store.clone(),
+                Partition {
+                    index: index as u32,
+                    count: workers as u32,
+                },
                 self.config.poll.clone(),
                 wake.clone(),
                 self.stats.clone(),

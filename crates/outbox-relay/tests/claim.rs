@@ -238,3 +238,37 @@ async fn delete_on_publish_removes_delivered_rows_only() {
     );
     assert_eq!(s.status().await.unwrap().dead_letters, 1);
 }
+
+#[tokio::test]
+async fn partitions_split_aggregates_without_overlap() {
+    use outbox_relay::store::Partition;
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    let rows: Vec<(String, i64)> = (0..40).map(|i| (format!("g{}", i % 8), i / 8)).collect();
+    let refs: Vec<(&str, i64)> = rows.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+    insert(&s, &refs).await;
+    let p0 = s
+        .claim_partition(100, true, Partition { index: 0, count: 2 })
+        .await
+        .unwrap();
+    let p1 = s
+        .claim_partition(100, true, Partition { index: 1, count: 2 })
+        .await
+        .unwrap();
+    assert!(!p0.contended && !p1.contended, "partitions never contend");
+    let a0: std::collections::HashSet<&str> =
+        p0.records.iter().map(|r| r.aggregate_id.as_str()).collect();
+    let a1: std::collections::HashSet<&str> =
+        p1.records.iter().map(|r| r.aggregate_id.as_str()).collect();
+    assert!(a0.is_disjoint(&a1), "{a0:?} / {a1:?}");
+    assert_eq!(
+        p0.records.len() + p1.records.len(),
+        40,
+        "together they take everything"
+    );
+    for c in [&p0, &p1] {
+        assert!(c.records.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+    p0.release().await;
+    p1.release().await;
+}

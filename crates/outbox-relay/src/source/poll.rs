@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Partition, Store};
 use crate::{Error, Stats};
 
 /// Wake-ups shared by all workers of a relay: a counter bumped on every notification.
@@ -91,6 +91,7 @@ impl Default for PollOptions {
 /// One worker's view of the outbox table: yields non-empty claims until shutdown.
 pub struct PollSource {
     store: Store,
+    partition: Partition,
     options: PollOptions,
     wake: Wakeups,
     stats: std::sync::Arc<Stats>,
@@ -98,15 +99,17 @@ pub struct PollSource {
 }
 
 impl PollSource {
-    /// A source over `store`.
+    /// A source over `store`, claiming the aggregates of `partition`.
     pub fn new(
         store: Store,
+        partition: Partition,
         options: PollOptions,
         wake: Wakeups,
         stats: std::sync::Arc<Stats>,
     ) -> Self {
         PollSource {
             store,
+            partition,
             options,
             wake,
             stats,
@@ -126,7 +129,11 @@ impl PollSource {
             self.wake.rx.borrow_and_update();
             let wait = match self
                 .store
-                .claim(self.options.batch_size, self.options.dead_letters_block)
+                .claim_partition(
+                    self.options.batch_size,
+                    self.options.dead_letters_block,
+                    self.partition,
+                )
                 .await
             {
                 Ok(claim) if !claim.records.is_empty() => {

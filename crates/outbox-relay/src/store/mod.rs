@@ -154,8 +154,21 @@ impl Store {
     /// transaction; SQLite: the relay lease). For every aggregate it contains, the claimed events
     /// are the aggregate's *first* pending events: none is overtaken by a later one.
     pub async fn claim(&self, limit: usize, dead_letters_block: bool) -> Result<Claim, Error> {
+        self.claim_partition(limit, dead_letters_block, Partition::WHOLE)
+            .await
+    }
+
+    /// Like [`Store::claim`], restricted to the aggregates of one partition: the workers of a
+    /// relay split the aggregates by hash so they never contend for the same rows. (SQLite has
+    /// a single worker and ignores the partition.)
+    pub async fn claim_partition(
+        &self,
+        limit: usize,
+        dead_letters_block: bool,
+        part: Partition,
+    ) -> Result<Claim, Error> {
         match self {
-            Store::Postgres(pool) => postgres::claim(pool, limit, dead_letters_block).await,
+            Store::Postgres(pool) => postgres::claim(pool, limit, dead_letters_block, part).await,
             Store::Sqlite(s) => s.claim(limit, dead_letters_block).await,
         }
     }
@@ -254,6 +267,20 @@ impl Store {
             Store::Sqlite(s) => Some(&s.pool),
         }
     }
+}
+
+/// A share of the aggregates, by hash of `(aggregate_type, aggregate_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// Number of partitions (1: everything).
+    pub count: u32,
+}
+
+impl Partition {
+    /// All aggregates.
+    pub const WHOLE: Partition = Partition { index: 0, count: 1 };
 }
 
 /// A batch of claimed events, held until settled.

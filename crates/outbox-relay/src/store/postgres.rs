@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::{parse_json, truncate_error, Claim, DeadLetter, Hold, Settlement, Status};
+use super::{parse_json, truncate_error, Claim, DeadLetter, Hold, Partition, Settlement, Status};
 use crate::error::db;
 use crate::{Error, Record};
 
@@ -14,11 +14,17 @@ use crate::{Error, Record};
 ///
 /// 1. `blocked`: aggregates that must wait — an event in backoff, or (when dead letters block)
 ///    a dead letter — from the small `outbox_retrying_idx` and the dead-letter table;
-/// 2. `claimed`: the first `$1` pending, due, unblocked rows in `seq` order, locked
-///    `FOR UPDATE SKIP LOCKED` (rows another relay holds are skipped);
-/// 3. `clean`: the aggregates for which the claimed rows are exactly the aggregate's first `n`
-///    pending rows. An aggregate whose earlier rows are held by another relay (or changed since
-///    this statement's snapshot) is left out of this batch, so no event overtakes an earlier one.
+/// 2. `candidates`: the first `$1 × $3` pending, due, unblocked rows in `seq` order (a plain
+///    read of the statement's snapshot), each marked `mine` when its aggregate hashes to this
+///    worker's partition (`$3` partitions, this is number `$4`; workers of one relay split the
+///    aggregates and never wait for each other);
+/// 3. `claimed`: up to `$1` of my candidates, locked `FOR UPDATE SKIP LOCKED` (rows another
+///    relay holds are skipped, rows changed since the snapshot are re-checked);
+/// 4. `clean`: the aggregates whose claimed rows are exactly their first `n` pending rows. An
+///    aggregate whose earlier rows another relay holds (or that changed under the scan) is left
+///    out of this batch, so no event overtakes an earlier one. Fast path: when every one of my
+///    candidates up to the batch's last `seq` was claimed (`eligible.n = tally.n`), nothing was
+///    skipped and every aggregate is clean; otherwise each aggregate is counted on its own.
 const CLAIM: &str = r#"
 WITH blocked AS MATERIALIZED (
     SELECT aggregate_type, aggregate_id, min(seq) AS seq
@@ -31,9 +37,9 @@ WITH blocked AS MATERIALIZED (
     WHERE $2
     GROUP BY aggregate_type, aggregate_id
 ),
-claimed AS MATERIALIZED (
-    SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
-           o.payload::text AS payload, o.headers::text AS headers, o.created_at, o.retry_count
+candidates AS MATERIALIZED (
+    SELECT o.seq,
+           ($3 <= 1 OR (hashtext(o.aggregate_type || ':' || o.aggregate_id) & 2147483647) % $3 = $4) AS mine
     FROM outbox o
     WHERE o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
@@ -43,8 +49,25 @@ claimed AS MATERIALIZED (
             AND b.aggregate_id = o.aggregate_id
             AND b.seq < o.seq)
     ORDER BY o.seq
+    LIMIT $1 * greatest($3, 1)
+),
+claimed AS MATERIALIZED (
+    SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
+           o.payload::text AS payload, o.headers::text AS headers, o.created_at, o.retry_count
+    FROM candidates c
+    JOIN outbox o ON o.seq = c.seq
+    WHERE c.mine
+      AND o.published_at IS NULL
+      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+    ORDER BY c.seq
     LIMIT $1
     FOR UPDATE OF o SKIP LOCKED
+),
+tally AS MATERIALIZED (
+    SELECT count(*) AS n, max(seq) AS hi FROM claimed
+),
+eligible AS MATERIALIZED (
+    SELECT count(*) AS n FROM candidates c, tally t WHERE c.mine AND c.seq <= t.hi
 ),
 heads AS (
     SELECT aggregate_type, aggregate_id, max(seq) AS hi, count(*) AS n
@@ -53,13 +76,15 @@ heads AS (
 ),
 clean AS (
     SELECT h.aggregate_type, h.aggregate_id
-    FROM heads h
-    WHERE h.n = (
-        SELECT count(*) FROM outbox q
-        WHERE q.published_at IS NULL
-          AND q.aggregate_type = h.aggregate_type
-          AND q.aggregate_id = h.aggregate_id
-          AND q.seq <= h.hi)
+    FROM heads h, tally t, eligible e
+    WHERE CASE WHEN e.n = t.n THEN true
+          ELSE h.n = (
+              SELECT count(*) FROM outbox q
+              WHERE q.published_at IS NULL
+                AND q.aggregate_type = h.aggregate_type
+                AND q.aggregate_id = h.aggregate_id
+                AND q.seq <= h.hi)
+          END
 )
 SELECT c.*, (k.aggregate_id IS NOT NULL) AS clean
 FROM claimed c
@@ -74,11 +99,14 @@ pub(super) async fn claim(
     pool: &PgPool,
     limit: usize,
     dead_letters_block: bool,
+    part: Partition,
 ) -> Result<Claim, Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(CLAIM)
         .bind(limit as i64)
         .bind(dead_letters_block)
+        .bind(part.count.max(1) as i32)
+        .bind(part.index as i32)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
