@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: the relay allocates small, short-lived buffers per event on several threads, where
+/// glibc's allocator showed up as a fifth of the relay's CPU time in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {

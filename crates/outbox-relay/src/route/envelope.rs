@@ -124,11 +124,26 @@ impl Envelope {
 /// Python's `datetime.isoformat()` for an aware UTC time, as the reference code emits:
 /// `2024-05-01T12:00:00.123456+00:00`, fraction left out when zero.
 pub fn isoformat(t: &DateTime<Utc>) -> String {
-    if t.nanosecond() / 1000 == 0 {
-        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
-    } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    use chrono::Datelike;
+    use std::fmt::Write;
+    // Hand-formatted: chrono's strftime parser showed up in relay profiles.
+    let mut out = String::with_capacity(32);
+    let micros = t.nanosecond() / 1000 % 1_000_000;
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if micros != 0 {
+        let _ = write!(out, ".{micros:06}");
     }
+    out.push_str("+00:00");
+    out
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -377,5 +392,18 @@ mod tests {
     fn isoformat_drops_zero_fraction() {
         let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
         assert_eq!(isoformat(&t), "2024-01-02T03:04:05+00:00");
+        let t = t + chrono::Duration::microseconds(7);
+        assert_eq!(isoformat(&t), "2024-01-02T03:04:05.000007+00:00");
+        for t in [
+            Utc::now(),
+            Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap(),
+        ] {
+            let chrono_way = if t.nanosecond() / 1000 == 0 {
+                t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+            } else {
+                t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+            };
+            assert_eq!(isoformat(&t), chrono_way);
+        }
     }
 }
