@@ -197,9 +197,6 @@ impl NatsSink {
 impl Sink for NatsSink {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
         validate_subject(&message.topic)?;
-        if !self.is_covered(&message.topic) {
-            self.ensure_subject(&message.topic).await?;
-        }
         let mut headers = HeaderMap::new();
         let id = message.id.hyphenated().to_string();
         headers.insert("Nats-Msg-Id", id.as_str());
@@ -212,15 +209,18 @@ impl Sink for NatsSink {
             })?;
             headers.append(name, header_value(k, v)?);
         }
-        let pending = self
-            .js
-            .publish_with_headers(message.topic.clone(), headers, message.value.clone())
-            .await
-            .map_err(|e| self.classify(&message.topic, e))?;
-        pending
-            .await
-            .map(|_ack| ())
-            .map_err(|e| self.classify(&message.topic, e))
+        // Optimistic: publish, and only when no stream captures the subject (the server answers
+        // "no responders" at once) create or extend the stream and publish again.
+        match self.send(message, headers.clone()).await {
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                self.forget(&message.topic);
+                self.ensure_subject(&message.topic).await?;
+                self.send(message, headers)
+                    .await
+                    .map_err(|e| self.classify(&message.topic, e))
+            }
+            other => other.map_err(|e| self.classify(&message.topic, e)),
+        }
     }
 
     fn describe(&self) -> String {
@@ -229,6 +229,19 @@ impl Sink for NatsSink {
 }
 
 impl NatsSink {
+    /// One publish, awaiting the stream's acknowledgement.
+    async fn send(
+        &self,
+        message: &Message,
+        headers: HeaderMap,
+    ) -> Result<(), jetstream::context::PublishError> {
+        self.js
+            .publish_with_headers(message.topic.clone(), headers, message.value.clone())
+            .await?
+            .await
+            .map(|_ack| ())
+    }
+
     fn classify(&self, subject: &str, e: jetstream::context::PublishError) -> SinkError {
         match e.kind() {
             PublishErrorKind::MaxPayloadExceeded => {
