@@ -1,0 +1,268 @@
+//! Drain, history and ceiling: how fast a backlog leaves, and what the database alone allows.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{
+    load_backlog, open_sink, pg, progress, BenchArgs, BenchDb, Measurement, Running, Scenario,
+};
+use crate::cli::{OnPublish, SourceKind};
+use crate::error::CliError;
+
+fn mode_name(m: OnPublish) -> &'static str {
+    match m {
+        OnPublish::Mark => "mark",
+        OnPublish::Delete => "delete",
+    }
+}
+
+/// One drain: a fresh database, `events` of backlog (plus `history` published rows), the relay
+/// from `source` into `sink`; events/s from the relay's start to the last event delivered.
+async fn drain_one(
+    args: &BenchArgs,
+    db: &BenchDb,
+    source: SourceKind,
+    sink_url: &str,
+    on_publish: OnPublish,
+    history: usize,
+    scenario: Scenario,
+) -> Result<Measurement, CliError> {
+    let label = format!("{scenario:?} {source:?} → {sink_url}");
+    let store = db.fresh(args.workers as u32 + 3).await?;
+    #[cfg(feature = "cdc")]
+    if source == SourceKind::Cdc {
+        db.create_slot(&store).await?;
+    }
+    if history > 0 {
+        load_history(&store, args, history, &label).await?;
+    }
+    load_backlog(&store, args, args.events, &label).await?;
+    let sink = open_sink(sink_url).await?;
+    let cpu_before = super::cpu_seconds(std::process::id());
+    let started = Instant::now();
+    let relay = Running::start(source, db, &store, sink, args, on_publish).await?;
+    relay
+        .wait_delivered(args.events, &label, Duration::from_secs(900))
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = super::cpu_seconds(std::process::id())
+        .zip(cpu_before)
+        .map(|(a, b)| a - b);
+    relay.stop().await?;
+    super::reset_sink(sink_url).await;
+    let mut setup = json!({
+        "source": source_name(source),
+        "sink": outbox_relay::redact_url(sink_url),
+        "events": args.events,
+        "aggregates": args.aggregates,
+        "payload_bytes": args.payload_bytes,
+        "history_rows": history,
+    });
+    if source == SourceKind::Poll {
+        setup["on_publish"] = json!(mode_name(on_publish));
+        setup["batch_size"] = json!(args.batch_size);
+        setup["workers"] = json!(args.workers);
+    }
+    let mut m = Measurement::new(scenario, setup)
+        .with("seconds", secs)
+        .with("events_per_second", args.events as f64 / secs);
+    if let Some(cpu) = cpu {
+        m = m.with(
+            "relay_cpu_seconds_per_100k",
+            cpu / args.events as f64 * 100_000.0,
+        );
+    }
+    Ok(m)
+}
+
+pub fn source_name(s: SourceKind) -> &'static str {
+    match s {
+        SourceKind::Poll => "poll",
+        SourceKind::Cdc => "cdc",
+    }
+}
+
+async fn load_history(
+    store: &outbox_relay::Store,
+    args: &BenchArgs,
+    rows: usize,
+    label: &str,
+) -> Result<(), CliError> {
+    let pool = pg(store)?;
+    let note = args.payload_bytes.saturating_sub(110) as i32;
+    let chunk = 250_000;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        progress(&format!(
+            "[{label}] loading published history {done}/{rows}"
+        ));
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at)
+             SELECT 'BenchOrder', 'old-' || (g % 50000), 'OrderCreated',
+                    jsonb_build_object('order_id', 'old-' || (g % 50000), 'n', g, 'note', repeat('x', $2::int)),
+                    now() - interval '2 days', now() - interval '1 day'
+             FROM generate_series(1, $1::bigint) AS g",
+        )
+        .bind(n as i64)
+        .bind(note)
+        .execute(pool)
+        .await?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Scenario 1: every source × sink (× polling mode).
+pub async fn drains(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    for &source in &args.sources {
+        for sink in &args.sinks {
+            let modes: Vec<OnPublish> = match source {
+                SourceKind::Poll => args.on_publish.clone(),
+                SourceKind::Cdc => vec![OnPublish::Mark],
+            };
+            for mode in modes {
+                out.push(drain_one(args, db, source, sink, mode, 0, Scenario::Drain).await?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scenario 4: the polling drain (mark mode, the one that keeps history) with and without
+/// `--history` published rows, into `--sink`.
+pub async fn history(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    let empty = drain_one(
+        args,
+        db,
+        SourceKind::Poll,
+        &args.sink,
+        OnPublish::Mark,
+        0,
+        Scenario::History,
+    )
+    .await?;
+    let full = drain_one(
+        args,
+        db,
+        SourceKind::Poll,
+        &args.sink,
+        OnPublish::Mark,
+        args.history,
+        Scenario::History,
+    )
+    .await?;
+    let ratio = full.get("events_per_second").unwrap_or(0.0)
+        / empty.get("events_per_second").unwrap_or(f64::NAN);
+    out.push(empty);
+    out.push(full.with("ratio", ratio));
+    Ok(())
+}
+
+/// Scenario 6: the database's own limit. Polling: `--workers` connections loop over the bare
+/// claim and mark (or delete) — `SELECT … FOR UPDATE SKIP LOCKED LIMIT batch`, one `UPDATE` or
+/// `DELETE`, `COMMIT` — with no payload transfer, ordering check or broker. CDC: the server
+/// decoding the backlog's WAL with pgoutput (`pg_logical_slot_get_binary_changes`).
+pub async fn ceiling(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    if args.sources.contains(&SourceKind::Poll) {
+        for &mode in &args.on_publish {
+            let store = db.fresh(args.workers as u32 + 2).await?;
+            load_backlog(&store, args, args.events, "ceiling").await?;
+            let pool = pg(&store)?.clone();
+            progress("[ceiling] bare claim/settle loop");
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..args.workers.max(1) {
+                let pool = pool.clone();
+                let batch = args.batch_size as i64;
+                tasks.spawn(async move {
+                    let settle = match mode {
+                        OnPublish::Mark => {
+                            "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)"
+                        }
+                        OnPublish::Delete => "DELETE FROM outbox WHERE seq = ANY($1)",
+                    };
+                    loop {
+                        let mut tx = pool.begin().await?;
+                        let seqs: Vec<i64> = sqlx::query_scalar(
+                            "SELECT seq FROM outbox WHERE published_at IS NULL
+                             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                        )
+                        .bind(batch)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        if seqs.is_empty() {
+                            tx.rollback().await?;
+                            return Ok::<(), sqlx::Error>(());
+                        }
+                        sqlx::query(settle).bind(&seqs).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(|e| CliError::runtime(format!("ceiling task: {e}")))??;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            out.push(
+                Measurement::new(
+                    Scenario::Ceiling,
+                    json!({
+                        "source": "poll",
+                        "on_publish": mode_name(mode),
+                        "events": args.events,
+                        "batch_size": args.batch_size,
+                        "connections": args.workers,
+                        "work": "SELECT seq … FOR UPDATE SKIP LOCKED; UPDATE/DELETE … WHERE seq = ANY; COMMIT",
+                    }),
+                )
+                .with("seconds", secs)
+                .with("events_per_second", args.events as f64 / secs),
+            );
+        }
+    }
+    #[cfg(feature = "cdc")]
+    if args.sources.contains(&SourceKind::Cdc) {
+        let store = db.fresh(3).await?;
+        db.create_slot(&store).await?;
+        load_backlog(&store, args, args.events, "ceiling cdc").await?;
+        let pool = pg(&store)?;
+        progress("[ceiling] WAL decode");
+        let started = Instant::now();
+        let changes: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
+                 'proto_version', '1', 'publication_names', $1)",
+        )
+        .bind(db.slot())
+        .fetch_one(pool)
+        .await?;
+        let secs = started.elapsed().as_secs_f64();
+        out.push(
+            Measurement::new(
+                Scenario::Ceiling,
+                json!({
+                    "source": "cdc",
+                    "events": args.events,
+                    "work": "pg_logical_slot_get_binary_changes (pgoutput), counted on the server",
+                }),
+            )
+            .with("messages", changes as f64)
+            .with("seconds", secs)
+            .with("events_per_second", args.events as f64 / secs),
+        );
+    }
+    Ok(())
+}

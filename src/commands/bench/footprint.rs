@@ -1,0 +1,121 @@
+//! Footprint: the relay as its own process, draining a large backlog: peak RSS and CPU.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{
+    cpu_seconds, load_backlog, pg, progress, BenchArgs, BenchDb, Measurement, Scenario,
+    BENCH_STREAM,
+};
+use crate::error::CliError;
+
+/// Resident memory of a process: (current, peak) in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Scenario 5: `outbox relay` (this binary, a child process) drains `--footprint-events` into
+/// `--sink`; its peak RSS (VmHWM) and CPU seconds (user + system) per 100k events.
+pub async fn footprint(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    let store = db.fresh(4).await?;
+    load_backlog(&store, args, args.footprint_events, "footprint").await?;
+    super::reset_sink(&args.sink).await;
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::runtime(format!("own executable: {e}")))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("relay")
+        .args(["--sink", &args.sink, "--nats-stream", BENCH_STREAM])
+        .args(["--batch-size", &args.batch_size.to_string()])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--log-level", "warn"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("OUTBOX_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CliError::runtime(format!("starting the relay process: {e}")))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| CliError::runtime("relay process has no pid"))?;
+    let pool = pg(&store)?.clone();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1800);
+    let mut peak_sampled = 0u64;
+    let mut last_check = Instant::now() - Duration::from_secs(1);
+    let mut hwm = 0u64;
+    let cpu = loop {
+        if let Some((rss, high)) = rss_kib(pid) {
+            peak_sampled = peak_sampled.max(rss);
+            hwm = hwm.max(high);
+        }
+        if last_check.elapsed() >= Duration::from_millis(500) {
+            last_check = Instant::now();
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            progress(&format!(
+                "[footprint] relay process: {} pending, RSS {:.1} MiB",
+                pending,
+                peak_sampled as f64 / 1024.0
+            ));
+            if pending == 0 {
+                break cpu_seconds(pid);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::runtime(
+                "[footprint] the relay did not drain within 30 minutes",
+            ));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::runtime(format!(
+                "[footprint] the relay process exited: {status}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // SAFETY: kill(2) on the child we spawned and still own.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    super::reset_sink(&args.sink).await;
+    let mut m = Measurement::new(
+        Scenario::Footprint,
+        json!({
+            "source": "poll",
+            "sink": outbox_relay::redact_url(&args.sink),
+            "events": args.footprint_events,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "on_publish": "mark",
+            "process": "outbox relay (child process)",
+        }),
+    )
+    .with("seconds", secs)
+    .with("events_per_second", args.footprint_events as f64 / secs)
+    .with("peak_rss_mib", hwm.max(peak_sampled) as f64 / 1024.0);
+    if let Some(cpu) = cpu {
+        m = m.with(
+            "cpu_seconds_per_100k",
+            cpu / args.footprint_events as f64 * 100_000.0,
+        );
+    }
+    out.push(m);
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Steady load and write overhead: what writers see.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox_relay::sink::{Message, Sink, SinkError};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::drain::source_name;
+use super::{open_sink, pg, progress, BenchArgs, BenchDb, Measurement, Running, Scenario};
+use crate::cli::{OnPublish, SourceKind};
+use crate::error::CliError;
+
+/// Wraps the real sink and notes when each event was first acknowledged.
+struct TimedSink {
+    inner: Arc<dyn Sink>,
+    acks: Mutex<HashMap<Uuid, Instant>>,
+}
+
+#[async_trait]
+impl Sink for TimedSink {
+    async fn publish(&self, message: &Message) -> Result<(), SinkError> {
+        self.inner.publish(message).await?;
+        let now = Instant::now();
+        self.acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(message.id)
+            .or_insert(now);
+        Ok(())
+    }
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.inner.flush().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn event(n: u64, aggregates: usize) -> outbox::Event {
+    let order = format!("order-{}", n % aggregates as u64);
+    outbox::Event::new(
+        "BenchOrder",
+        order.clone(),
+        "OrderCreated",
+        json!({"order_id": order, "n": n, "customer_id": format!("customer-{}", n % 977),
+               "total": (n % 1000) as f64 / 10.0, "status": "pending", "note": "x".repeat(90)}),
+    )
+}
+
+/// Scenario 2: `--writers` commit `--rate` events/s in all for `--duration`, each event in its
+/// own transaction through the library, while the relay runs (polling with LISTEN/NOTIFY, or
+/// CDC). Latency: from the writer's commit returning to the broker's acknowledgement.
+pub async fn steady(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    for &source in &args.sources {
+        let label = format!("steady {}", source_name(source));
+        let store = db.fresh((args.writers + args.workers + 4) as u32).await?;
+        #[cfg(feature = "cdc")]
+        if source == SourceKind::Cdc {
+            db.create_slot(&store).await?;
+        }
+        let sink = Arc::new(TimedSink {
+            inner: open_sink(&args.sink).await?,
+            acks: Mutex::new(HashMap::new()),
+        });
+        let relay = Running::start(source, db, &store, sink.clone(), args, OnPublish::Mark).await?;
+        let pool = pg(&store)?.clone();
+
+        // Warm-up: the relay is listening and the broker connection is up.
+        let warm = 200;
+        for n in 0..warm {
+            let mut tx = pool.begin().await?;
+            outbox::enqueue(&mut *tx, &event(n, args.aggregates)).await?;
+            tx.commit().await?;
+        }
+        relay
+            .wait_delivered(warm as usize, &label, Duration::from_secs(60))
+            .await?;
+
+        progress(&format!(
+            "[{label}] {} events/s for {:?}",
+            args.rate, args.duration
+        ));
+        let commits: Arc<Mutex<Vec<(Uuid, Instant)>>> = Arc::default();
+        let period = Duration::from_secs_f64(args.writers as f64 / args.rate as f64);
+        let started = Instant::now();
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..args.writers {
+            let (pool, commits) = (pool.clone(), commits.clone());
+            let (duration, aggregates, writers_n) =
+                (args.duration, args.aggregates, args.writers as u64);
+            writers.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                let mut n = warm + w as u64;
+                while started.elapsed() < duration {
+                    tick.tick().await;
+                    let e = event(n, aggregates);
+                    n += writers_n;
+                    let mut tx = pool.begin().await?;
+                    outbox::enqueue(&mut *tx, &e).await?;
+                    tx.commit().await?;
+                    let at = Instant::now();
+                    commits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((e.id(), at));
+                }
+                Ok::<(), outbox::Error>(())
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.map_err(|e| CliError::runtime(format!("writer: {e}")))??;
+        }
+        let wrote_for = started.elapsed();
+        let written = commits.lock().unwrap_or_else(|p| p.into_inner()).len();
+        relay
+            .wait_delivered(warm as usize + written, &label, Duration::from_secs(120))
+            .await?;
+        let caught_up = started.elapsed().saturating_sub(wrote_for);
+        relay.stop().await?;
+        super::reset_sink(&args.sink).await;
+
+        let mut h = hdrhistogram::Histogram::<u64>::new(3)
+            .map_err(|e| CliError::runtime(format!("histogram: {e}")))?;
+        {
+            let acks = sink.acks.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, committed) in commits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if let Some(acked) = acks.get(id) {
+                    let _ =
+                        h.record(acked.saturating_duration_since(*committed).as_micros() as u64);
+                }
+            }
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let achieved = written as f64 / wrote_for.as_secs_f64();
+        let kept_up = achieved >= 0.95 * args.rate as f64 && caught_up < Duration::from_secs(1);
+        out.push(
+            Measurement::new(
+                Scenario::Steady,
+                json!({
+                    "source": source_name(source),
+                    "sink": outbox_relay::redact_url(&args.sink),
+                    "offered_rate": args.rate,
+                    "seconds": args.duration.as_secs_f64(),
+                    "writers": args.writers,
+                    "events_per_transaction": 1,
+                    "on_publish": "mark",
+                    "batch_size": args.batch_size,
+                    "workers": args.workers,
+                }),
+            )
+            .with("written", written as f64)
+            .with("achieved_rate", achieved)
+            .with("p50_ms", ms(0.5))
+            .with("p99_ms", ms(0.99))
+            .with("p999_ms", ms(0.999))
+            .with("max_ms", h.max() as f64 / 1000.0)
+            .with(
+                "caught_up_after_writes_ms",
+                caught_up.as_secs_f64() * 1000.0,
+            )
+            .with("kept_up", if kept_up { 1.0 } else { 0.0 }),
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 3: the order-service transaction (`INSERT INTO orders …`, commit) with and without
+/// its outbox row, `--writers` at once, `--transactions` each, alternating twice.
+pub async fn write_overhead(
+    args: &BenchArgs,
+    db: &BenchDb,
+    out: &mut Vec<Measurement>,
+) -> Result<(), CliError> {
+    let store = db.fresh(args.writers as u32 + 2).await?;
+    let pool = pg(&store)?.clone();
+    order_service::OrderService::new(pool.clone())
+        .migrate()
+        .await
+        .map_err(|e| CliError::runtime(format!("orders table: {e}")))?;
+    let mut rates: HashMap<bool, Vec<f64>> = HashMap::new();
+    for round in 0..4 {
+        let with_outbox = round % 2 == 1;
+        progress(&format!(
+            "[write-overhead] round {} of 4 ({} the outbox row)",
+            round + 1,
+            if with_outbox { "with" } else { "without" }
+        ));
+        let started = Instant::now();
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..args.writers {
+            let pool = pool.clone();
+            let count = args.transactions / args.writers;
+            writers.spawn(async move {
+                for i in 0..count {
+                    let id = Uuid::now_v7();
+                    let items = json!([{"sku": format!("sku-{}", i % 100), "quantity": 1, "price": 9.5}]);
+                    let created = chrono::Utc::now();
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO orders (id, customer_id, items, total, status, created_at)
+                         VALUES ($1, $2, $3, $4, 'pending', $5)",
+                    )
+                    .bind(id)
+                    .bind(format!("customer-{w}"))
+                    .bind(&items)
+                    .bind(9.5_f64)
+                    .bind(created)
+                    .execute(&mut *tx)
+                    .await?;
+                    if with_outbox {
+                        let e = outbox::Event::new(
+                            "Order",
+                            id.to_string(),
+                            "OrderCreated",
+                            json!({"order_id": id.to_string(), "customer_id": format!("customer-{w}"),
+                                   "items": items, "total": 9.5, "status": "pending",
+                                   "created_at": created.to_rfc3339()}),
+                        );
+                        outbox::enqueue(&mut *tx, &e).await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok::<(), outbox::Error>(())
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.map_err(|e| CliError::runtime(format!("writer: {e}")))??;
+        }
+        let tps = (args.transactions / args.writers * args.writers) as f64
+            / started.elapsed().as_secs_f64();
+        rates.entry(with_outbox).or_default().push(tps);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let without = mean(rates.get(&false).map_or(&[][..], |v| v));
+    let with = mean(rates.get(&true).map_or(&[][..], |v| v));
+    out.push(
+        Measurement::new(
+            Scenario::WriteOverhead,
+            json!({
+                "writers": args.writers,
+                "transactions_per_round": args.transactions,
+                "rounds": "without, with, without, with",
+                "transaction": "INSERT INTO orders (+ outbox::enqueue of its OrderCreated event); COMMIT",
+            }),
+        )
+        .with("tps_without_outbox", without)
+        .with("tps_with_outbox", with)
+        .with("overhead_percent", (1.0 - with / without) * 100.0),
+    );
+    Ok(())
+}
