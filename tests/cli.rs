@@ -318,3 +318,36 @@ async fn the_demo_loses_nothing_and_keeps_order() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_older_schema_asks_for_migrate_and_migrate_upgrades_it() {
+    let db = require!(TestDb::create().await);
+    let pool = db.pool().await;
+    // A database migrated by the first release: version 1 only.
+    let v1 = outbox::migrate::POSTGRES[0];
+    sqlx::Executor::execute(&pool, v1.sql).await.unwrap();
+    sqlx::Executor::execute(
+        &pool,
+        "CREATE TABLE outbox_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO outbox_migrations (version, name) VALUES (1, 'outbox');",
+    )
+    .await
+    .unwrap();
+    let r = outbox(Some(&db.url), &["relay", "--sink", "stdout:"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("schema is at version 1") && r.stderr.contains("run `outbox migrate`"),
+        "{}",
+        r.stderr
+    );
+    let r = outbox(Some(&db.url), &["migrate"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("applied migration 2"), "{}", r.stdout);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'outbox_pending_aggregate_idx'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}

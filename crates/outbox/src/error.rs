@@ -16,6 +16,14 @@ pub enum Error {
         /// Newest version this build ships.
         supported: i64,
     },
+    /// The schema in the database is older than this build needs.
+    #[error("the database schema is at version {found}, this build needs {required}; run `outbox migrate`")]
+    SchemaOutdated {
+        /// Version recorded in the database.
+        found: i64,
+        /// Version this build needs.
+        required: i64,
+    },
     /// An event payload could not be serialized to JSON.
     #[error("event payload is not serializable to JSON: {0}")]
     Payload(#[from] serde_json::Error),

@@ -18,21 +18,36 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations for PostgreSQL, oldest first.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("../migrations/postgres/0001_outbox.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        sql: include_str!("../migrations/postgres/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "drop_pending_aggregate_idx",
+        sql: include_str!("../migrations/postgres/0002_drop_pending_aggregate_idx.sql"),
+    },
+];
 
 /// Migrations for SQLite, oldest first.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("../migrations/sqlite/0001_outbox.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        sql: include_str!("../migrations/sqlite/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        // Nothing to change on SQLite: the version moves with PostgreSQL's.
+        name: "drop_pending_aggregate_idx",
+        sql: "SELECT 1",
+    },
+];
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +93,10 @@ where
             found: v,
             supported: SCHEMA_VERSION,
         }),
-        Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaMissing),
+        Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaOutdated {
+            found: v,
+            required: SCHEMA_VERSION,
+        }),
         Some(v) => Ok(v),
     }
 }
@@ -244,7 +262,9 @@ mod tests {
     #[test]
     fn pending_skips_applied_and_refuses_newer() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
-        assert!(pending(POSTGRES, &[1]).unwrap().is_empty());
+        let left = pending(POSTGRES, &[1]).unwrap();
+        assert_eq!(left.iter().map(|m| m.version).collect::<Vec<_>>(), vec![2]);
+        assert!(pending(POSTGRES, &[1, 2]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

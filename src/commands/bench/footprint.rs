@@ -23,8 +23,9 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Scenario 5: `outbox relay` (this binary, a child process) drains `--footprint-events` into
-/// `--sink`; its peak RSS (VmHWM) and CPU seconds (user + system) per 100k events.
+/// Scenario 5: `outbox relay` (this binary, a child process, with its default settings) drains
+/// `--footprint-events` into `--sink`; its peak RSS (VmHWM) and CPU seconds (user + system) per
+/// 100k events.
 pub async fn footprint(
     args: &BenchArgs,
     db: &BenchDb,
@@ -38,8 +39,6 @@ pub async fn footprint(
     let mut child = tokio::process::Command::new(exe)
         .arg("relay")
         .args(["--sink", &args.sink, "--nats-stream", BENCH_STREAM])
-        .args(["--batch-size", &args.batch_size.to_string()])
-        .args(["--workers", &args.workers.to_string()])
         .args(["--log-level", "warn"])
         .env("DATABASE_URL", &db.url)
         .env_remove("OUTBOX_CONFIG")
@@ -101,9 +100,7 @@ pub async fn footprint(
             "source": "poll",
             "sink": outbox_relay::redact_url(&args.sink),
             "events": args.footprint_events,
-            "batch_size": args.batch_size,
-            "workers": args.workers,
-            "on_publish": "mark",
+            "settings": "the relay's defaults (batch_size 500, workers 2, on_publish mark)",
             "process": "outbox relay (child process)",
         }),
     )

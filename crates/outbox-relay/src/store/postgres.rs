@@ -24,7 +24,8 @@ use crate::{Error, Record};
 ///    aggregate whose earlier rows another relay holds (or that changed under the scan) is left
 ///    out of this batch, so no event overtakes an earlier one. Fast path: when every one of my
 ///    candidates up to the batch's last `seq` was claimed (`eligible.n = tally.n`), nothing was
-///    skipped and every aggregate is clean; otherwise each aggregate is counted on its own.
+///    skipped and every aggregate is clean; otherwise the pending rows up to the batch's last
+///    `seq` are counted per aggregate in one scan of the pending index.
 const CLAIM: &str = r#"
 WITH blocked AS MATERIALIZED (
     SELECT aggregate_type, aggregate_id, min(seq) AS seq
@@ -77,14 +78,19 @@ heads AS (
 clean AS (
     SELECT h.aggregate_type, h.aggregate_id
     FROM heads h, tally t, eligible e
-    WHERE CASE WHEN e.n = t.n THEN true
-          ELSE h.n = (
-              SELECT count(*) FROM outbox q
-              WHERE q.published_at IS NULL
-                AND q.aggregate_type = h.aggregate_type
-                AND q.aggregate_id = h.aggregate_id
-                AND q.seq <= h.hi)
-          END
+    WHERE e.n = t.n
+    UNION ALL
+    SELECT h.aggregate_type, h.aggregate_id
+    FROM tally t, eligible e, heads h
+    JOIN outbox q
+      ON q.aggregate_type = h.aggregate_type
+     AND q.aggregate_id = h.aggregate_id
+     AND q.seq <= h.hi
+    WHERE e.n <> t.n
+      AND q.published_at IS NULL
+      AND q.seq <= t.hi
+    GROUP BY h.aggregate_type, h.aggregate_id, h.n
+    HAVING count(*) = h.n
 )
 SELECT c.*, (k.aggregate_id IS NOT NULL) AS clean
 FROM claimed c
