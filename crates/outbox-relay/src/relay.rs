@@ -193,6 +193,7 @@ async fn worker(mut source: PollSource, parts: Arc<Parts>, shutdown: Cancellatio
             }
         }
     }
+    source.unregister().await;
 }
 
 /// What happened to one event of a batch.

@@ -272,3 +272,28 @@ async fn partitions_split_aggregates_without_overlap() {
     p0.release().await;
     p1.release().await;
 }
+
+#[tokio::test]
+async fn inserts_notify_only_while_a_relay_waits() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
+    let quiet = Duration::from_millis(300);
+
+    insert(&s, &[("a", 1)]).await;
+    let got = tokio::time::timeout(quiet, listener.recv()).await;
+    assert!(got.is_err(), "no relay waits: writers do not NOTIFY");
+
+    s.set_waiting("test-relay", true).await.unwrap();
+    insert(&s, &[("a", 2)]).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(
+        matches!(got, Ok(Ok(_))),
+        "a waiting relay is woken: {got:?}"
+    );
+
+    s.set_waiting("test-relay", false).await.unwrap();
+    insert(&s, &[("a", 3)]).await;
+    assert!(tokio::time::timeout(quiet, listener.recv()).await.is_err());
+}

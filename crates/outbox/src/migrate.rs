@@ -18,7 +18,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -31,6 +31,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "drop_pending_aggregate_idx",
         sql: include_str!("../migrations/postgres/0002_drop_pending_aggregate_idx.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "gated_notify",
+        sql: include_str!("../migrations/postgres/0003_gated_notify.sql"),
     },
 ];
 
@@ -45,6 +50,12 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         // Nothing to change on SQLite: the version moves with PostgreSQL's.
         name: "drop_pending_aggregate_idx",
+        sql: "SELECT 1",
+    },
+    Migration {
+        // SQLite has no NOTIFY: nothing to change.
+        version: 3,
+        name: "gated_notify",
         sql: "SELECT 1",
     },
 ];
@@ -263,8 +274,11 @@ mod tests {
     fn pending_skips_applied_and_refuses_newer() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
         let left = pending(POSTGRES, &[1]).unwrap();
-        assert_eq!(left.iter().map(|m| m.version).collect::<Vec<_>>(), vec![2]);
-        assert!(pending(POSTGRES, &[1, 2]).unwrap().is_empty());
+        assert_eq!(
+            left.iter().map(|m| m.version).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(pending(POSTGRES, &[1, 2, 3]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

@@ -321,6 +321,15 @@ impl BenchDb {
         Ok(store)
     }
 
+    /// A connection pool as an application would open it (default session settings).
+    async fn app_pool(&self, max_connections: u32) -> Result<sqlx::PgPool, CliError> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&self.url)
+            .await?)
+    }
+
     async fn drop(&self) {
         let name = &self.name;
         for sql in [
@@ -675,12 +684,17 @@ fn targets(ms: &[Measurement], args: &BenchArgs) -> Vec<Target> {
         });
     }
     for source in ["poll", "cdc"] {
-        let p99 = find(Scenario::Steady, &[("source", source)]).and_then(|m| m.get("p99_ms"));
+        let m = find(Scenario::Steady, &[("source", source)]);
+        let p99 = m.and_then(|m| m.get("p99_ms"));
+        let achieved = m.and_then(|m| m.get("achieved_rate")).unwrap_or(0.0);
+        let kept_up = m.and_then(|m| m.get("kept_up")) == Some(1.0);
         t.push(Target {
             what: format!("steady {} events/s, {source}: p99 commit → ack", args.rate),
-            target: "≤ 10 ms".into(),
-            measured: p99.map_or("not measured".into(), |v| format!("{v:.1} ms")),
-            met: p99.map(|v| v <= 10.0),
+            target: "≤ 10 ms, at the offered rate".into(),
+            measured: p99.map_or("not measured".into(), |v| {
+                format!("{v:.1} ms at {achieved:.0}/s")
+            }),
+            met: p99.map(|v| v <= 10.0 && kept_up),
         });
     }
     let overhead = find(Scenario::WriteOverhead, &[]).and_then(|m| m.get("overhead_percent"));

@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::drain::source_name;
-use super::{open_sink, pg, progress, BenchArgs, BenchDb, Measurement, Running, Scenario};
+use super::{open_sink, progress, BenchArgs, BenchDb, Measurement, Running, Scenario};
 use crate::cli::{OnPublish, SourceKind};
 use crate::error::CliError;
 
@@ -71,7 +71,8 @@ pub async fn steady(
             acks: Mutex::new(HashMap::new()),
         });
         let relay = Running::start(source, db, &store, sink.clone(), args, OnPublish::Mark).await?;
-        let pool = pg(&store)?.clone();
+        // The writers are the application: a pool of their own, with default settings.
+        let pool = db.app_pool(args.writers as u32 + 1).await?;
 
         // Warm-up: the relay is listening and the broker connection is up.
         let warm = 200;
@@ -179,8 +180,8 @@ pub async fn write_overhead(
     db: &BenchDb,
     out: &mut Vec<Measurement>,
 ) -> Result<(), CliError> {
-    let store = db.fresh(args.writers as u32 + 2).await?;
-    let pool = pg(&store)?.clone();
+    let _store = db.fresh(2).await?;
+    let pool = db.app_pool(args.writers as u32 + 1).await?;
     order_service::OrderService::new(pool.clone())
         .migrate()
         .await

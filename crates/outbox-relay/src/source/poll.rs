@@ -1,9 +1,14 @@
 //! The polling source: claim a batch, hand it over, wait for more.
 //!
-//! Waiting is cheap and prompt: on PostgreSQL a `LISTEN outbox` connection turns every commit
-//! of an event (the table's statement trigger sends `NOTIFY outbox`) into an immediate wake-up;
-//! the poll interval is only the fallback (and the rhythm on SQLite). When events wait in
-//! backoff, the source sleeps just until the earliest is due.
+//! Waiting is cheap and prompt. Right after a batch the source claims again at once; when it
+//! finds nothing it waits 1 ms, then 2, 4, … up to the poll interval, so a busy relay notices new
+//! events within a millisecond or two without any signal. Once idle (16 ms without events) a
+//! PostgreSQL worker registers in `outbox_relay_waiting`, claims once more (closing the race with
+//! writers that committed meanwhile) and sleeps: while someone waits there, the table's statement
+//! trigger sends `NOTIFY outbox` and the `LISTEN` connection wakes the relay immediately. Busy
+//! relays are not registered, so writers do not pay for NOTIFY (which makes committing
+//! transactions take a database-wide lock in turn) while the relay would find their rows anyway.
+//! When events wait in backoff, the source sleeps just until the earliest is due.
 
 use std::time::Duration;
 
@@ -12,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Claim, Partition, Store};
 use crate::{Error, Stats};
+
+/// First wait after an empty claim; it doubles up to the poll interval.
+const MIN_IDLE: Duration = Duration::from_millis(1);
+/// Idle this long, a worker registers for NOTIFY wake-ups.
+const REGISTER_AFTER: Duration = Duration::from_millis(16);
 
 /// Wake-ups shared by all workers of a relay: a counter bumped on every notification.
 #[derive(Debug, Clone)]
@@ -92,6 +102,12 @@ impl Default for PollOptions {
 pub struct PollSource {
     store: Store,
     partition: Partition,
+    /// This worker's name in `outbox_relay_waiting`.
+    id: String,
+    /// Current idle wait (doubles while claims come back empty).
+    idle: Duration,
+    /// Registered as waiting for NOTIFY.
+    registered: bool,
     options: PollOptions,
     wake: Wakeups,
     stats: std::sync::Arc<Stats>,
@@ -110,10 +126,26 @@ impl PollSource {
         PollSource {
             store,
             partition,
+            id: format!(
+                "{}/{}/{}",
+                std::process::id(),
+                partition.index,
+                uuid::Uuid::new_v4().simple()
+            ),
+            idle: Duration::ZERO,
+            registered: false,
             options,
             wake,
             stats,
             errors_in_a_row: 0,
+        }
+    }
+
+    /// Removes this worker's NOTIFY registration (on shutdown).
+    pub async fn unregister(&mut self) {
+        if self.registered {
+            self.registered = false;
+            let _ = self.store.set_waiting(&self.id, false).await;
         }
     }
 
@@ -138,21 +170,46 @@ impl PollSource {
             {
                 Ok(claim) if !claim.records.is_empty() => {
                     self.errors_in_a_row = 0;
+                    self.idle = Duration::ZERO;
+                    if self.registered {
+                        self.registered = false;
+                        if let Err(e) = self.store.set_waiting(&self.id, false).await {
+                            tracing::debug!(error = %e, "could not unregister as waiting");
+                        }
+                    }
                     return Some(claim);
                 }
                 Ok(claim) => {
                     self.errors_in_a_row = 0;
-                    let wait = if claim.contended {
+                    let contended = claim.contended;
+                    let next_due = claim.next_due;
+                    claim.release().await;
+                    if contended {
                         // Another relay holds earlier events of these aggregates; it will be
                         // done within a batch.
                         Duration::from_millis(5 + fastrand::u64(0..20))
                     } else {
-                        claim.next_due.map_or(self.options.poll_interval, |d| {
-                            d.min(self.options.poll_interval)
-                        })
-                    };
-                    claim.release().await;
-                    wait
+                        self.idle = (self.idle * 2)
+                            .max(MIN_IDLE)
+                            .min(self.options.poll_interval);
+                        if self.idle >= REGISTER_AFTER
+                            && (!self.registered || self.idle == self.options.poll_interval)
+                        {
+                            // Going to sleep: ask writers to NOTIFY (or refresh the request),
+                            // then claim once more before sleeping.
+                            match self.store.set_waiting(&self.id, true).await {
+                                Ok(()) if !self.registered => {
+                                    self.registered = true;
+                                    continue;
+                                }
+                                Ok(()) => {}
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "could not register as waiting")
+                                }
+                            }
+                        }
+                        next_due.map_or(self.idle, |d| d.min(self.idle))
+                    }
                 }
                 Err(e) => {
                     self.stats.error();

@@ -89,7 +89,13 @@ impl Store {
             Backend::Postgres => {
                 let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                     .map_err(|e| Error::Config(format!("invalid database URL {redacted}: {e}")))?
-                    .application_name("outbox");
+                    .application_name("outbox")
+                    // Every statement of the relay walks an index in order (pending rows by seq,
+                    // rows by seq, published rows by time). A plan made while the table was small
+                    // or not yet analyzed (statistics lag a burst of events by a minute) must not
+                    // turn into a scan of the whole table or of every pending row: no sequential
+                    // or bitmap scans for the relay's sessions.
+                    .options([("enable_seqscan", "off"), ("enable_bitmapscan", "off")]);
                 // One direct attempt first: a refused or misconfigured connection is reported
                 // at once, instead of after the pool's retries run out.
                 let first = tokio::time::timeout(
@@ -243,6 +249,15 @@ impl Store {
             Store::Postgres(pool) => postgres::cleanup_batch(pool, cutoff, batch).await,
             Store::Sqlite(s) => sqlite::cleanup_batch(&s.pool, cutoff, batch).await,
         }
+    }
+
+    /// Registers (or refreshes) `relay` as waiting for new events, so writers' inserts wake it
+    /// with `NOTIFY`; `false` removes it. PostgreSQL only; a no-op on SQLite.
+    pub async fn set_waiting(&self, relay: &str, waiting: bool) -> Result<(), Error> {
+        if let Store::Postgres(pool) = self {
+            postgres::set_waiting(pool, relay, waiting).await?;
+        }
+        Ok(())
     }
 
     /// Gives up the SQLite relay lease so a standby can take over at once (no-op on PostgreSQL).

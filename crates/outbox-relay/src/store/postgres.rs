@@ -14,11 +14,11 @@ use crate::{Error, Record};
 ///
 /// 1. `blocked`: aggregates that must wait — an event in backoff, or (when dead letters block)
 ///    a dead letter — from the small `outbox_retrying_idx` and the dead-letter table;
-/// 2. `candidates`: the first `$1 × $3` pending, due, unblocked rows in `seq` order (a plain
-///    read of the statement's snapshot), each marked `mine` when its aggregate hashes to this
-///    worker's partition (`$3` partitions, this is number `$4`; workers of one relay split the
-///    aggregates and never wait for each other);
-/// 3. `claimed`: up to `$1` of my candidates, locked `FOR UPDATE SKIP LOCKED` (rows another
+/// 2. `candidates`: the first `limit × partitions` pending, due, unblocked rows in `seq` order
+///    (a plain read of the statement's snapshot), each marked `mine` when its aggregate hashes
+///    to this worker's partition (workers of one relay split the aggregates and never wait for
+///    each other);
+/// 3. `claimed`: up to `limit` of my candidates, locked `FOR UPDATE SKIP LOCKED` (rows another
 ///    relay holds are skipped, rows changed since the snapshot are re-checked);
 /// 4. `clean`: the aggregates whose claimed rows are exactly their first `n` pending rows. An
 ///    aggregate whose earlier rows another relay holds (or that changed under the scan) is left
@@ -35,12 +35,12 @@ WITH blocked AS MATERIALIZED (
     UNION ALL
     SELECT aggregate_type, aggregate_id, min(seq)
     FROM outbox_dead_letter
-    WHERE $2
+    WHERE $1
     GROUP BY aggregate_type, aggregate_id
 ),
 candidates AS MATERIALIZED (
     SELECT o.seq,
-           ($3 <= 1 OR (hashtext(o.aggregate_type || ':' || o.aggregate_id) & 2147483647) % $3 = $4) AS mine
+           {mine} AS mine
     FROM outbox o
     WHERE o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
@@ -50,18 +50,17 @@ candidates AS MATERIALIZED (
             AND b.aggregate_id = o.aggregate_id
             AND b.seq < o.seq)
     ORDER BY o.seq
-    LIMIT $1 * greatest($3, 1)
+    LIMIT {candidates}
 ),
 claimed AS MATERIALIZED (
     SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
            o.payload::text AS payload, o.headers::text AS headers, o.created_at, o.retry_count
-    FROM candidates c
-    JOIN outbox o ON o.seq = c.seq
-    WHERE c.mine
+    FROM outbox o
+    WHERE o.seq = ANY (ARRAY(SELECT c.seq FROM candidates c WHERE c.mine))
       AND o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-    ORDER BY c.seq
-    LIMIT $1
+    ORDER BY o.seq
+    LIMIT {limit}
     FOR UPDATE OF o SKIP LOCKED
 ),
 tally AS MATERIALIZED (
@@ -75,31 +74,51 @@ heads AS (
     FROM claimed
     GROUP BY aggregate_type, aggregate_id
 ),
-clean AS (
+slow AS MATERIALIZED (
+    -- Only when the fast path fails (a one-time filter: otherwise nothing is scanned): every
+    -- pending row up to the batch's last seq, through the pending index.
+    SELECT q.aggregate_type, q.aggregate_id, q.seq
+    FROM outbox q
+    WHERE q.published_at IS NULL
+      AND q.seq <= (SELECT hi FROM tally)
+      AND (SELECT n FROM eligible) <> (SELECT n FROM tally)
+),
+slow_clean AS (
     SELECT h.aggregate_type, h.aggregate_id
-    FROM heads h, tally t, eligible e
-    WHERE e.n = t.n
-    UNION ALL
-    SELECT h.aggregate_type, h.aggregate_id
-    FROM tally t, eligible e, heads h
-    JOIN outbox q
+    FROM heads h
+    JOIN slow q
       ON q.aggregate_type = h.aggregate_type
      AND q.aggregate_id = h.aggregate_id
      AND q.seq <= h.hi
-    WHERE e.n <> t.n
-      AND q.published_at IS NULL
-      AND q.seq <= t.hi
     GROUP BY h.aggregate_type, h.aggregate_id, h.n
     HAVING count(*) = h.n
 )
-SELECT c.*, (k.aggregate_id IS NOT NULL) AS clean
+SELECT c.*,
+       ((SELECT n FROM eligible) = (SELECT n FROM tally) OR k.aggregate_id IS NOT NULL) AS clean
 FROM claimed c
-LEFT JOIN clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
+LEFT JOIN slow_clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
 ORDER BY c.seq
 "#;
 
 const NEXT_DUE: &str = "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 \
      FROM outbox WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > now()";
+
+/// The claim statement for one batch size and partition.
+fn claim_sql(limit: usize, part: Partition) -> String {
+    let parts = part.count.max(1);
+    let mine = if parts == 1 {
+        "true".to_string()
+    } else {
+        format!(
+            "((hashtext(o.aggregate_type || ':' || o.aggregate_id) & 2147483647) % {parts} = {})",
+            part.index
+        )
+    };
+    CLAIM
+        .replace("{mine}", &mine)
+        .replace("{candidates}", &(limit * parts as usize).to_string())
+        .replace("{limit}", &limit.to_string())
+}
 
 pub(super) async fn claim(
     pool: &PgPool,
@@ -107,12 +126,10 @@ pub(super) async fn claim(
     dead_letters_block: bool,
     part: Partition,
 ) -> Result<Claim, Error> {
+    let sql = claim_sql(limit, part);
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(CLAIM)
-        .bind(limit as i64)
+    let rows = sqlx::query(&sql)
         .bind(dead_letters_block)
-        .bind(part.count.max(1) as i32)
-        .bind(part.index as i32)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
@@ -235,6 +252,21 @@ pub(super) async fn settle(
             .await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn set_waiting(pool: &PgPool, relay: &str, waiting: bool) -> Result<(), Error> {
+    let sql = if waiting {
+        "INSERT INTO outbox_relay_waiting (relay) VALUES ($1)
+         ON CONFLICT (relay) DO UPDATE SET seen = now()"
+    } else {
+        "DELETE FROM outbox_relay_waiting WHERE relay = $1"
+    };
+    sqlx::query(sql)
+        .bind(relay)
+        .execute(pool)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
