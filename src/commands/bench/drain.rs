@@ -168,7 +168,83 @@ pub async fn history(
     Ok(())
 }
 
-/// Scenario 6: the database's own limit. Polling: `--workers` connections loop over the bare
+/// The broker's own limit as the relay drives it: the same messages (`--events` over
+/// `--aggregates`, routed and enveloped as in a drain) published through the sink by `--workers`
+/// tasks, batch by batch, with no database at all.
+async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliError> {
+    use outbox_relay::relay::{deliver, Outcome};
+    use outbox_relay::{Record, Router};
+    use std::sync::Arc;
+    let sink = super::open_sink(url).await?;
+    let note = "x".repeat(args.payload_bytes.saturating_sub(110));
+    let now = chrono::Utc::now();
+    let records: Arc<Vec<Record>> = Arc::new(
+        (0..args.events)
+            .map(|g| {
+                let order = format!("order-{}", g % args.aggregates);
+                Record {
+                    seq: g as i64,
+                    id: uuid::Uuid::now_v7(),
+                    aggregate_type: "BenchOrder".into(),
+                    aggregate_id: order.clone(),
+                    event_type: "OrderCreated".into(),
+                    payload: json!({"order_id": order, "n": g, "customer_id": format!("customer-{}", g % 977),
+                                    "total": (g % 1000) as f64 / 10.0, "status": "pending", "note": note})
+                        .to_string(),
+                    headers: None,
+                    created_at: now,
+                    retry_count: 0,
+                }
+            })
+            .collect(),
+    );
+    progress(&format!(
+        "[ceiling] {} through the sink alone",
+        outbox_relay::redact_url(url)
+    ));
+    let router = Arc::new(Router::default());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = args.workers.max(1);
+    for w in 0..workers {
+        let (records, router, sink) = (records.clone(), router.clone(), sink.clone());
+        let batch = args.batch_size.max(1);
+        tasks.spawn(async move {
+            let mut delivered = 0usize;
+            for chunk in records.chunks(batch).skip(w).step_by(workers) {
+                let outcomes = deliver(chunk, &router, &*sink, batch).await;
+                delivered += outcomes
+                    .iter()
+                    .filter(|o| **o == Outcome::Delivered)
+                    .count();
+            }
+            delivered
+        });
+    }
+    let mut delivered = 0;
+    while let Some(done) = tasks.join_next().await {
+        delivered += done.map_err(|e| CliError::runtime(format!("sink ceiling task: {e}")))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    super::reset_sink(url).await;
+    Ok(Measurement::new(
+        Scenario::Ceiling,
+        json!({
+            "source": "none (in memory)",
+            "sink": outbox_relay::redact_url(url),
+            "events": args.events,
+            "aggregates": args.aggregates,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "work": "route + publish batches through the sink, no database",
+        }),
+    )
+    .with("delivered", delivered as f64)
+    .with("seconds", secs)
+    .with("events_per_second", delivered as f64 / secs))
+}
+
+/// Scenario 6: the database's own limit (and, for comparison, each broker's). Polling: `--workers` connections loop over the bare
 /// claim and mark (or delete) — `SELECT … FOR UPDATE SKIP LOCKED LIMIT batch`, one `UPDATE` or
 /// `DELETE`, `COMMIT` — with no payload transfer, ordering check or broker. CDC: the server
 /// decoding the backlog's WAL with pgoutput (`pg_logical_slot_get_binary_changes`).
@@ -233,6 +309,9 @@ pub async fn ceiling(
                 .with("events_per_second", args.events as f64 / secs),
             );
         }
+    }
+    for url in args.sinks.iter().filter(|u| !u.starts_with("noop")) {
+        out.push(sink_ceiling(args, url).await?);
     }
     #[cfg(feature = "cdc")]
     if args.sources.contains(&SourceKind::Cdc) {

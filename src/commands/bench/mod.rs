@@ -115,8 +115,9 @@ pub struct BenchArgs {
     #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub duration: Duration,
 
-    /// Steady and write-overhead: concurrent writers.
-    #[arg(long, default_value_t = 8)]
+    /// Steady and write-overhead: concurrent writers (enough for group commit to reach the
+    /// steady rate with one event per transaction on a small machine).
+    #[arg(long, default_value_t = 32)]
     pub writers: usize,
 
     /// Write-overhead: transactions per variant.
