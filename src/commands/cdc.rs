@@ -198,6 +198,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
         &s.database_url,
         &ConnectOptions {
             max_connections: 4,
+            asynchronous_commit: true,
             ..ConnectOptions::default()
         },
     )

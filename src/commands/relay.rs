@@ -158,6 +158,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
     let options = ConnectOptions {
         // One connection per worker for its claim, one for LISTEN, one spare.
         max_connections: settings.config.workers as u32 + 2,
+        asynchronous_commit: true,
         ..ConnectOptions::default()
     };
     let store = Store::connect(&url, &options).await?;

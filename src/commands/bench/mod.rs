@@ -314,6 +314,7 @@ impl BenchDb {
             &self.url,
             &ConnectOptions {
                 max_connections,
+                asynchronous_commit: true,
                 ..ConnectOptions::default()
             },
         )

@@ -34,6 +34,10 @@ pub struct ConnectOptions {
     pub create_sqlite_file: bool,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// PostgreSQL: commit without waiting for the WAL flush (`synchronous_commit = off`). Safe
+    /// for the relay's own bookkeeping: a mark lost in a database crash only means the event is
+    /// delivered again. The relay sets it; administrative commands (replay, purge) do not.
+    pub asynchronous_commit: bool,
 }
 
 impl Default for ConnectOptions {
@@ -42,6 +46,7 @@ impl Default for ConnectOptions {
             max_connections: 8,
             create_sqlite_file: false,
             connect_timeout: Duration::from_secs(10),
+            asynchronous_commit: false,
         }
     }
 }
@@ -95,7 +100,18 @@ impl Store {
                     // or not yet analyzed (statistics lag a burst of events by a minute) must not
                     // turn into a scan of the whole table or of every pending row: no sequential
                     // or bitmap scans for the relay's sessions.
-                    .options([("enable_seqscan", "off"), ("enable_bitmapscan", "off")]);
+                    .options([
+                        ("enable_seqscan", "off"),
+                        ("enable_bitmapscan", "off"),
+                        (
+                            "synchronous_commit",
+                            if options.asynchronous_commit {
+                                "off"
+                            } else {
+                                "on"
+                            },
+                        ),
+                    ]);
                 // One direct attempt first: a refused or misconfigured connection is reported
                 // at once, instead of after the pool's retries run out.
                 let first = tokio::time::timeout(
