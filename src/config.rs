@@ -175,8 +175,11 @@ mod tests {
         assert_eq!(c.relay.batch_size, Some(200));
         assert_eq!(c.relay.poll_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.retry.max, Some(Duration::from_secs(60)));
-        assert_eq!(c.nats.subjects, vec!["order-events"]);
-        assert_eq!(c.nats.stream, "EVENTS");
+        #[cfg(feature = "nats")]
+        {
+            assert_eq!(c.nats.subjects, vec!["order-events"]);
+            assert_eq!(c.nats.stream, "EVENTS");
+        }
     }
 
     #[test]

@@ -300,6 +300,7 @@ impl BenchDb {
     }
 
     /// The slot name for this run (slots are cluster-wide).
+    #[cfg_attr(not(feature = "cdc"), allow(dead_code))]
     fn slot(&self) -> String {
         format!("{}_cdc", self.name)
     }
@@ -403,6 +404,7 @@ async fn load_backlog(
 
 /// Deletes the benchmark's NATS stream and Kafka topic so each run starts empty.
 async fn reset_sink(url: &str) {
+    let _ = url; // unused when built without the NATS and Kafka sinks
     #[cfg(feature = "nats")]
     if url.starts_with("nats://") {
         let server = url.split('?').next().unwrap_or(url);

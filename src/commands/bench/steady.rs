@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use super::drain::source_name;
 use super::{open_sink, progress, BenchArgs, BenchDb, Measurement, Running, Scenario};
-use crate::cli::{OnPublish, SourceKind};
+use crate::cli::OnPublish;
+#[cfg(feature = "cdc")]
+use crate::cli::SourceKind;
 use crate::error::CliError;
 
 /// Wraps the real sink and notes when each event was first acknowledged.

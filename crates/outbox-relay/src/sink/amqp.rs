@@ -40,6 +40,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use super::params::{boolean, percent_decode};
 use super::{Message, Sink, SinkError};
 use crate::route::Template;
 
@@ -689,32 +690,6 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
         query,
     };
     Ok((uri, options))
-}
-
-fn boolean(name: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        other => Err(format!("{name}={other:?} is not true or false")),
-    }
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub mod kafka;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+mod params;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 #[cfg(feature = "http")]

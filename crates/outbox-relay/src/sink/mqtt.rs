@@ -42,6 +42,7 @@ use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::params::{boolean, percent_decode};
 use super::{Message, Sink, SinkError};
 
 /// Publishes the client may queue before the event loop takes them (beyond that, a publish
@@ -606,32 +607,6 @@ fn parse_url(
         format!("{host}:{port}")
     };
     Ok((client, options, addr))
-}
-
-fn boolean(name: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        other => Err(format!("{name}={other:?} is not true or false")),
-    }
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
