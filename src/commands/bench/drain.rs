@@ -39,16 +39,14 @@ async fn drain_one(
     }
     load_backlog(&store, args, args.events, &label).await?;
     let sink = open_sink(sink_url).await?;
-    let cpu_before = super::cpu_seconds(std::process::id());
+    let cpu = super::CpuMeter::start(sink_url);
     let started = Instant::now();
     let relay = Running::start(source, db, &store, sink, args, on_publish).await?;
     relay
         .wait_delivered(args.events, &label, Duration::from_secs(900))
         .await?;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = super::cpu_seconds(std::process::id())
-        .zip(cpu_before)
-        .map(|(a, b)| a - b);
+    let cpu = cpu.per_100k(args.events, "relay_cpu_seconds_per_100k");
     relay.stop().await?;
     super::reset_sink(sink_url).await;
     let mut setup = json!({
@@ -67,12 +65,7 @@ async fn drain_one(
     let mut m = Measurement::new(scenario, setup)
         .with("seconds", secs)
         .with("events_per_second", args.events as f64 / secs);
-    if let Some(cpu) = cpu {
-        m = m.with(
-            "relay_cpu_seconds_per_100k",
-            cpu / args.events as f64 * 100_000.0,
-        );
-    }
+    m.results.extend(cpu);
     Ok(m)
 }
 
@@ -203,6 +196,7 @@ async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliErr
         outbox_relay::redact_url(url)
     ));
     let router = Arc::new(Router::default());
+    let cpu = super::CpuMeter::start(url);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let workers = args.workers.max(1);
@@ -226,8 +220,9 @@ async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliErr
         delivered += done.map_err(|e| CliError::runtime(format!("sink ceiling task: {e}")))?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu.per_100k(delivered, "sink_cpu_seconds_per_100k");
     super::reset_sink(url).await;
-    Ok(Measurement::new(
+    let mut m = Measurement::new(
         Scenario::Ceiling,
         json!({
             "source": "none (in memory)",
@@ -241,7 +236,9 @@ async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliErr
     )
     .with("delivered", delivered as f64)
     .with("seconds", secs)
-    .with("events_per_second", delivered as f64 / secs))
+    .with("events_per_second", delivered as f64 / secs);
+    m.results.extend(cpu);
+    Ok(m)
 }
 
 /// Scenario 6: the database's own limit (and, for comparison, each broker's). Polling: `--workers` connections loop over the bare

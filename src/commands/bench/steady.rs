@@ -73,16 +73,35 @@ pub async fn steady(
             acks: Mutex::new(HashMap::new()),
         });
         let relay = Running::start(source, db, &store, sink.clone(), args, OnPublish::Mark).await?;
-        // The writers are the application: a pool of their own, with default settings.
-        let pool = db.app_pool(args.writers as u32 + 1).await?;
+        // The writers are the application, a service of its own: their own runtime (threads)
+        // and pool. On the relay's runtime, the relay's tasks would queue behind 32 writers'.
+        let app = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-app")
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::runtime(format!("application runtime: {e}")))?;
+        let joined = |e: tokio::task::JoinError| CliError::runtime(format!("writer: {e}"));
+        let app_pool = {
+            let (db_url, size) = (db.url.clone(), args.writers as u32 + 1);
+            app.spawn(async move { super::app_pool(&db_url, size).await })
+        };
+        let pool = app_pool.await.map_err(joined)??;
 
         // Warm-up: the relay is listening and the broker connection is up.
         let warm = 200;
-        for n in 0..warm {
-            let mut tx = pool.begin().await?;
-            outbox::enqueue(&mut *tx, &event(n, args.aggregates)).await?;
-            tx.commit().await?;
-        }
+        let warm_up = {
+            let (pool, aggregates) = (pool.clone(), args.aggregates);
+            app.spawn(async move {
+                for n in 0..warm {
+                    let mut tx = pool.begin().await?;
+                    outbox::enqueue(&mut *tx, &event(n, aggregates)).await?;
+                    tx.commit().await?;
+                }
+                Ok::<(), outbox::Error>(())
+            })
+        };
+        warm_up.await.map_err(joined)??;
         relay
             .wait_delivered(warm as usize, &label, Duration::from_secs(60))
             .await?;
@@ -99,28 +118,33 @@ pub async fn steady(
             let (pool, commits) = (pool.clone(), commits.clone());
             let (duration, aggregates, writers_n) =
                 (args.duration, args.aggregates, args.writers as u64);
-            writers.spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                let mut n = warm + w as u64;
-                while started.elapsed() < duration {
-                    tick.tick().await;
-                    let e = event(n, aggregates);
-                    n += writers_n;
-                    let mut tx = pool.begin().await?;
-                    outbox::enqueue(&mut *tx, &e).await?;
-                    tx.commit().await?;
-                    let at = Instant::now();
-                    commits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((e.id(), at));
-                }
-                Ok::<(), outbox::Error>(())
-            });
+            writers.spawn_on(
+                async move {
+                    let mut tick = tokio::time::interval(period);
+                    let mut n = warm + w as u64;
+                    while started.elapsed() < duration {
+                        tick.tick().await;
+                        let e = event(n, aggregates);
+                        n += writers_n;
+                        let mut tx = pool.begin().await?;
+                        outbox::enqueue(&mut *tx, &e).await?;
+                        tx.commit().await?;
+                        let at = Instant::now();
+                        commits
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((e.id(), at));
+                    }
+                    Ok::<(), outbox::Error>(())
+                },
+                app.handle(),
+            );
         }
         while let Some(done) = writers.join_next().await {
-            done.map_err(|e| CliError::runtime(format!("writer: {e}")))??;
+            done.map_err(joined)??;
         }
+        drop(pool);
+        app.shutdown_background();
         let wrote_for = started.elapsed();
         let written = commits.lock().unwrap_or_else(|p| p.into_inner()).len();
         relay

@@ -197,25 +197,13 @@ impl NatsSink {
 impl Sink for NatsSink {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
         validate_subject(&message.topic)?;
-        let mut headers = HeaderMap::new();
-        let id = message.id.hyphenated().to_string();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("key", header_value("key", &message.key)?);
-        for (k, v) in &message.headers {
-            let name = HeaderName::from_str(k).map_err(|_| {
-                SinkError::permanent(format!(
-                    "header name {k:?} is not allowed by NATS (printable ASCII, no ':')"
-                ))
-            })?;
-            headers.append(name, header_value(k, v)?);
-        }
         // Optimistic: publish, and only when no stream captures the subject (the server answers
         // "no responders" at once) create or extend the stream and publish again.
-        match self.send(message, headers.clone()).await {
+        match self.send(message, headers(message)?).await {
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
                 self.forget(&message.topic);
                 self.ensure_subject(&message.topic).await?;
-                self.send(message, headers)
+                self.send(message, headers(message)?)
                     .await
                     .map_err(|e| self.classify(&message.topic, e))
             }
@@ -268,6 +256,23 @@ impl NatsSink {
             }
         }
     }
+}
+
+/// The message's NATS headers: `Nats-Msg-Id` (JetStream's dedupe), `key`, then the envelope's.
+fn headers(message: &Message) -> Result<HeaderMap, SinkError> {
+    let mut headers = HeaderMap::new();
+    let id = message.id.hyphenated().to_string();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    headers.insert("key", header_value("key", &message.key)?);
+    for (k, v) in &message.headers {
+        let name = HeaderName::from_str(k).map_err(|_| {
+            SinkError::permanent(format!(
+                "header name {k:?} is not allowed by NATS (printable ASCII, no ':')"
+            ))
+        })?;
+        headers.append(name, header_value(k, v)?);
+    }
+    Ok(headers)
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, SinkError> {
