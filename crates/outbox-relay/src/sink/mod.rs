@@ -20,6 +20,8 @@ pub mod nats;
 mod params;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
+#[cfg(feature = "mqtt")]
+mod tls;
 #[cfg(feature = "http")]
 pub mod webhook;
 

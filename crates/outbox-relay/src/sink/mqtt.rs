@@ -25,7 +25,12 @@
 //! A packet larger than `max_packet_size` (or the broker's own maximum, when it announces one)
 //! is refused before sending: rumqttc would otherwise fail the whole connection on it.
 //!
-//! `mqtts://` needs TLS, which this build leaves out.
+//! # TLS
+//!
+//! `mqtts://host[:8883]` connects through TLS (rustls), trusting the system's root certificates
+//! and, with `ca_file` (URL parameter or `[mqtt] ca_file`), the PEM certificates in that file —
+//! for a broker whose certificate a private CA signed. The broker's name in the URL must match
+//! its certificate.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -77,6 +82,8 @@ pub struct MqttOptions {
     /// Treat a `PUBACK` saying "no matching subscribers" as a failure (retryable), as AMQP's
     /// mandatory flag does. Off by default: MQTT brokers drop such messages by design.
     pub require_subscribers: bool,
+    /// `mqtts://` only: a PEM file of CA certificates to trust besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MqttOptions {
@@ -89,6 +96,7 @@ impl Default for MqttOptions {
             client_id: String::new(),
             retain: false,
             require_subscribers: false,
+            ca_file: None,
         }
     }
 }
@@ -522,16 +530,11 @@ fn parse_url(
     let redacted = crate::redact_url(url);
     let bad = |why: String| crate::Error::Config(format!("invalid MQTT URL {redacted}: {why}"));
     let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    match parsed.scheme() {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" => {
-            return Err(crate::Error::Config(format!(
-                "{redacted}: mqtts:// (TLS) is not supported by this build; use mqtt:// \
-                 (a TLS-terminating proxy can sit in front of the broker)"
-            )))
-        }
-        other => return Err(bad(format!("scheme {other:?} is not mqtt"))),
-    }
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(bad(format!("scheme {other:?} is not mqtt or mqtts"))),
+    };
     let host = parsed
         .host_str()
         .filter(|h| !h.is_empty())
@@ -539,7 +542,7 @@ fn parse_url(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = parsed.port().unwrap_or(1883);
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
     if !matches!(parsed.path(), "" | "/") {
         return Err(bad(
             "an MQTT URL has no path (the topic comes from the topic template)".into(),
@@ -561,10 +564,12 @@ fn parse_url(
             "client_id" => options.client_id = v.into_owned(),
             "retain" => options.retain = boolean(&k, &v).map_err(bad)?,
             "require_subscribers" => options.require_subscribers = boolean(&k, &v).map_err(bad)?,
+            "ca_file" => options.ca_file = Some(v.into_owned().into()),
             other => {
                 return Err(bad(format!(
                     "unknown parameter {other:?} (known: ack_timeout, connect_timeout, \
-                     keep_alive, max_packet_size, client_id, retain, require_subscribers)"
+                     keep_alive, max_packet_size, client_id, retain, require_subscribers, \
+                     ca_file)"
                 )))
             }
         }
@@ -578,6 +583,9 @@ fn parse_url(
         return Err(crate::Error::Config(
             "mqtt.ack_timeout and mqtt.connect_timeout must be more than 0".into(),
         ));
+    }
+    if options.ca_file.is_some() && !tls {
+        return Err(bad("ca_file applies to mqtts:// only".into()));
     }
     if options.max_packet_size < 1024 {
         return Err(crate::Error::Config(
@@ -600,6 +608,11 @@ fn parse_url(
         let password = percent_decode(parsed.password().unwrap_or(""))
             .ok_or_else(|| bad("the password is not valid percent-encoding".into()))?;
         client.set_credentials(user, password);
+    }
+    if tls {
+        let config = super::tls::client_config(options.ca_file.as_deref())
+            .map_err(|e| crate::Error::Config(format!("MQTT {redacted}: {e}")))?;
+        client.set_transport(rumqttc::Transport::tls_with_config(config.into()));
     }
     let addr = if host.contains(':') {
         format!("[{host}]:{port}")
@@ -662,7 +675,8 @@ mod tests {
             "mqtt://u:secret@h?ack_timeout=soon",
             "mqtt://u:secret@h?max_packet_size=big",
             "mqtt://u:secret@h/topic",
-            "mqtts://u:secret@h",
+            "mqtt://u:secret@h?ca_file=/tmp/ca.pem",
+            "mqtts://u:secret@h?ca_file=/nonexistent/ca.pem",
             "mqtt://u:secret@",
         ] {
             let err = parse_url(bad, &MqttOptions::default())

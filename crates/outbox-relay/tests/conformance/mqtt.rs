@@ -253,6 +253,97 @@ mod sink {
         h.cleanup().await;
     }
 
+    /// `mqtts://` against a private Mosquitto with a TLS listener whose certificate a test CA
+    /// signed: trusted through `ca_file` it delivers (read back on the instance's plain
+    /// listener); without the CA, the publish fails as retryable, never as a success.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_over_tls_with_a_private_ca() {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::{AsyncClient, Event, MqttOptions as ClientOptions};
+
+        let tls = outbox_testkit::require!(outbox_testkit::TlsFiles::generate());
+        let (tls_port, plain_port) = (outbox_testkit::free_port(), outbox_testkit::free_port());
+        let conf = outbox_testkit::write_file(
+            &tls.dir,
+            "mosquitto.conf",
+            &format!(
+                "user root\npersistence false\nallow_anonymous true\n\
+                 listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+                 listener {plain_port} 127.0.0.1\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        );
+        let conf = conf.display().to_string();
+        let _server = outbox_testkit::require!(outbox_testkit::ChildServer::start(
+            "mosquitto",
+            &["-c", &conf],
+            tls_port
+        ));
+
+        // A subscriber on the plain listener, subscribed before anything is published.
+        let mut options = ClientOptions::new("tls-reader", "127.0.0.1", plain_port);
+        options.set_clean_start(true);
+        let (reader, mut events) = AsyncClient::new(options, 10);
+        reader
+            .subscribe("secure/#", QoS::AtLeastOnce)
+            .await
+            .expect("queue the subscription");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(None);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(Some(p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let suback = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(matches!(suback, Ok(Some(None))), "no SUBACK: {suback:?}");
+
+        let options = MqttOptions {
+            connect_timeout: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(2),
+            ..MqttOptions::default()
+        };
+        let untrusted = MqttSink::connect(&format!("mqtts://localhost:{tls_port}"), &options)
+            .await
+            .expect("the URL is valid");
+        let err = untrusted
+            .publish(&message("secure/orders", 0))
+            .await
+            .expect_err("a certificate no trusted CA signed must not be accepted");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+
+        let url = format!("mqtts://localhost:{tls_port}?ca_file={}", tls.ca.display());
+        let sink = MqttSink::connect(&url, &options).await.expect("MQTT sink");
+        let sent = message("secure/orders", 1);
+        let started = Instant::now();
+        loop {
+            // The first publish may meet the connection still being made.
+            match sink.publish(&sent).await {
+                Ok(()) => break,
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    assert!(e.is_retryable(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("no delivery over TLS within 10s: {e}"),
+            }
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert_eq!(got, Ok(Some(Some(sent.value.to_vec()))));
+        task.abort();
+    }
+
     #[tokio::test]
     async fn unreachable_broker_fails_fast_as_retryable() {
         let port = {
