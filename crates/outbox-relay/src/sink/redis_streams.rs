@@ -15,6 +15,9 @@
 //! (and in its append-only file, as far as the server's `appendfsync` policy goes).
 //! Streams are created by the first `XADD`. One aggregate's events land in one stream, in
 //! order.
+//!
+//! `rediss://` connects through TLS (rustls), trusting the system's root certificates, or only
+//! the PEM certificates of `ca_file` when that is given (a server signed by a private CA).
 
 use std::time::Duration;
 
@@ -38,6 +41,9 @@ pub struct RedisOptions {
     /// fails as retryable (URL `timeout`).
     #[serde(with = "super::duration")]
     pub timeout: Duration,
+    /// `rediss://` only: trust the CA certificates of this PEM file instead of the system's
+    /// (URL `ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -46,6 +52,7 @@ impl Default for RedisOptions {
             maxlen: None,
             maxlen_exact: false,
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -65,7 +72,7 @@ impl RedisSink {
     ///
     /// The connection is made on first use and re-made after failures: while Redis is
     /// unreachable, publishes fail as retryable and events wait in the outbox.
-    /// `rediss://` (TLS) is refused: this build has no TLS support for Redis.
+    /// `rediss://` connects through TLS; `ca_file` names the CAs to trust.
     pub async fn connect(url: &str, options: &RedisOptions) -> Result<Self, crate::Error> {
         let redacted = crate::redact_url(url);
         let mut parsed = url::Url::parse(url)
@@ -88,10 +95,12 @@ impl RedisSink {
                     options.timeout = super::duration::parse(&v)
                         .map_err(|e| crate::Error::Config(format!("Redis URL: timeout: {e}")))?
                 }
+                "ca_file" => options.ca_file = Some(v.into_owned().into()),
                 other => {
                     return Err(crate::Error::Config(format!(
-                    "Redis URL: unknown parameter {other:?} (known: maxlen, maxlen_exact, timeout)"
-                )))
+                        "Redis URL: unknown parameter {other:?} \
+                         (known: maxlen, maxlen_exact, timeout, ca_file)"
+                    )))
                 }
             }
         }
@@ -107,7 +116,28 @@ impl RedisSink {
             )));
         }
         parsed.set_query(None);
-        let client = redis::Client::open(parsed.as_str()).map_err(|e| {
+        let client = match &options.ca_file {
+            None => redis::Client::open(parsed.as_str()),
+            Some(_) if parsed.scheme() != "rediss" => {
+                return Err(crate::Error::Config(format!(
+                    "Redis URL {redacted}: ca_file applies to rediss:// only"
+                )))
+            }
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    crate::Error::Config(format!(
+                        "Redis: cannot read the CA file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(parsed.as_str(), certs)
+            }
+        }
+        .map_err(|e| {
             crate::Error::Config(format!(
                 "Redis URL {}: {e}",
                 crate::redact_url(parsed.as_str())
@@ -306,7 +336,8 @@ mod tests {
             "redis://127.0.0.1:1?maxlen_exact=maybe",
             "redis://",
             "redis://:secret@127.0.0.1:1/notadb",
-            "rediss://:secret@127.0.0.1:1",
+            "redis://:secret@127.0.0.1:1?ca_file=/tmp/ca.pem",
+            "rediss://:secret@127.0.0.1:1?ca_file=/nonexistent/ca.pem",
             "unix:///tmp/redis.sock",
         ] {
             match RedisSink::connect(url, &RedisOptions::default()).await {

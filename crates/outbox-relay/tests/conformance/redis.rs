@@ -172,3 +172,91 @@ fn received(stream: &str, fields: &std::collections::HashMap<String, redis::Valu
         headers,
     }
 }
+
+/// `rediss://` against a private redis-server with a TLS port whose certificate a test CA
+/// signed: trusted through `ca_file` the entry lands (read back on the instance's plain port);
+/// with the system's roots only, the publish fails as retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_over_tls_with_a_private_ca() {
+    use outbox_relay::sink::redis_streams::{RedisOptions, RedisSink};
+    use outbox_relay::{Message, Sink};
+
+    let tls = outbox_testkit::require!(outbox_testkit::TlsFiles::generate());
+    let (tls_port, plain_port) = (outbox_testkit::free_port(), outbox_testkit::free_port());
+    let (tls_port_s, plain_port_s) = (tls_port.to_string(), plain_port.to_string());
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    let _server = outbox_testkit::require!(outbox_testkit::ChildServer::start(
+        "redis-server",
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &plain_port_s,
+            "--tls-port",
+            &tls_port_s,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        tls_port
+    ));
+    let id = uuid::Uuid::new_v4();
+    let message = Message {
+        id,
+        topic: "secure-orders".into(),
+        key: "o-1".into(),
+        value: bytes::Bytes::from_static(b"{\"n\":1}"),
+        headers: vec![("id".into(), id.to_string())],
+    };
+    let options = RedisOptions {
+        timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
+    };
+
+    let untrusted = RedisSink::connect(&format!("rediss://localhost:{tls_port}"), &options)
+        .await
+        .expect("the URL is valid");
+    let err = untrusted
+        .publish(&message)
+        .await
+        .expect_err("a certificate no trusted CA signed must not be accepted");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let url = format!("rediss://localhost:{tls_port}?ca_file={ca}");
+    let sink = RedisSink::connect(&url, &options)
+        .await
+        .expect("Redis sink");
+    sink.publish(&message).await.expect("delivered over TLS");
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{plain_port}")).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("plain connection to the private instance");
+    let reply: StreamReadReply = redis::cmd("XREAD")
+        .arg("STREAMS")
+        .arg("secure-orders")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("XREAD");
+    let entries: Vec<_> = reply.keys.iter().flat_map(|k| &k.ids).collect();
+    assert_eq!(entries.len(), 1);
+    let got = received("secure-orders", &entries[0].map);
+    assert_eq!(got.value, b"{\"n\":1}".to_vec());
+    assert_eq!(got.headers.get("id"), Some(&id.to_string()));
+}
