@@ -9,7 +9,7 @@ use std::time::Duration;
 mod proxy;
 mod tls;
 pub use proxy::Proxy;
-pub use tls::{free_port, write_file, ChildServer, TlsFiles};
+pub use tls::{free_port, write_file, ChildServer, TlsFiles, TlsProxy};
 
 /// PostgreSQL admin URL (override with `OUTBOX_TEST_PG`).
 pub fn pg_admin_url() -> String {

@@ -91,6 +91,59 @@ impl Drop for TlsFiles {
     }
 }
 
+/// A TLS-terminating proxy on 127.0.0.1 in front of a plain TCP server, presenting the
+/// certificate of a [`TlsFiles`]: a real server behind TLS, for servers too heavy to start
+/// privately with TLS of their own. Stops when dropped.
+pub struct TlsProxy {
+    /// The port clients connect to with TLS.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    /// Starts forwarding TLS connections on a free port to `upstream` (`host:port`).
+    pub async fn start(upstream: &str, files: &TlsFiles) -> std::io::Result<TlsProxy> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&files.cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(std::io::Error::other)?;
+        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(std::io::Error::other)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(std::io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let upstream = upstream.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                });
+            }
+        });
+        Ok(TlsProxy { port, task })
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A server process started by a test, killed when dropped.
 pub struct ChildServer {
     child: Child,

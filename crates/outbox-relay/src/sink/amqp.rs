@@ -23,7 +23,8 @@
 //! can pin a return on the wrong message when one `basic.ack` (multiple) confirms several
 //! messages of a channel at once. A channel that failed or timed out is closed, not reused.
 //!
-//! `amqps://` needs TLS, which this build leaves out (see [`AmqpSink::connect`]).
+//! `amqps://host[:5671]` connects through TLS (rustls), trusting the system's root certificates
+//! and, with `ca_file`, the PEM certificates in that file.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -77,6 +78,8 @@ pub struct AmqpOptions {
     /// Largest message body accepted, in bytes; a larger one is dead-lettered at once. RabbitMQ
     /// refuses bodies over its `max_message_size` (16 MiB by default since 4.0, 128 MiB before).
     pub max_message_size: usize,
+    /// `amqps://` only: a PEM file of CA certificates to trust besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AmqpOptions {
@@ -91,6 +94,7 @@ impl Default for AmqpOptions {
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_size: 16 * 1024 * 1024,
+            ca_file: None,
         }
     }
 }
@@ -118,6 +122,8 @@ struct Failure {
 /// Publishes to RabbitMQ with publisher confirms.
 pub struct AmqpSink {
     uri: AMQPUri,
+    /// Extra CAs for `amqps://` (PEM).
+    tls: lapin::tcp::OwnedTLSConfig,
     url: String,
     options: AmqpOptions,
     exchange: Template,
@@ -134,13 +140,12 @@ impl AmqpSink {
     /// Connects to `url` (`amqp://user:pass@host:5672/vhost`, vhost percent-encoded: `%2f` is
     /// `/`, which is also the default). Query parameters override `options`: `exchange`,
     /// `routing_key`, `declare_exchange`, `exchange_type`, `mandatory`, `channels`,
-    /// `confirm_timeout`, `connect_timeout`, `max_message_size`; and lapin's own `heartbeat`,
+    /// `confirm_timeout`, `connect_timeout`, `max_message_size`, `ca_file`; and lapin's own `heartbeat`,
     /// `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are configuration errors.
     ///
     /// A broker that cannot be reached now is not an error: the sink connects on the next
     /// publish, and publishes fail as retryable until it can. Refused credentials or vhost are
-    /// configuration errors. `amqps://` is refused: this build has no TLS (rustls' default
-    /// provider needs cmake to build).
+    /// configuration errors. `amqps://` connects through TLS.
     pub async fn connect(url: &str, options: &AmqpOptions) -> Result<Self, crate::Error> {
         let (uri, options) = parse_url(url, options)?;
         let redacted = crate::redact_url(url);
@@ -160,8 +165,19 @@ impl AmqpSink {
             }
             other => ExchangeKind::Custom(other.to_string()),
         };
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: match &options.ca_file {
+                Some(path) => Some(
+                    super::tls::ca_pem(path)
+                        .map_err(|e| crate::Error::Config(format!("RabbitMQ: {e}")))?,
+                ),
+                None => None,
+            },
+        };
         let sink = AmqpSink {
             uri,
+            tls,
             url: redacted,
             exchange,
             routing_key,
@@ -201,7 +217,9 @@ impl AmqpSink {
         }
         let props = ConnectionProperties::default().with_connection_name("outbox-relay".into());
         let result = tokio::time::timeout(self.options.connect_timeout, async {
-            Connection::connect_uri(self.uri.clone(), props).await
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(self.uri.clone(), props, self.tls.clone(), runtime)
+                .await
         })
         .await;
         let connection = match result {
@@ -576,13 +594,8 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
     let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     let scheme = match parsed.scheme() {
         "amqp" => AMQPScheme::AMQP,
-        "amqps" => {
-            return Err(crate::Error::Config(format!(
-                "{redacted}: amqps:// (TLS) is not supported by this build; use amqp:// \
-                 (a TLS-terminating proxy can sit in front of RabbitMQ)"
-            )))
-        }
-        other => return Err(bad(format!("scheme {other:?} is not amqp"))),
+        "amqps" => AMQPScheme::AMQPS,
+        other => return Err(bad(format!("scheme {other:?} is not amqp or amqps"))),
     };
     let host = parsed
         .host_str()
@@ -591,7 +604,11 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = parsed.port().unwrap_or(5672);
+    let port = parsed.port().unwrap_or(if scheme == AMQPScheme::AMQPS {
+        5671
+    } else {
+        5672
+    });
     let decode = |s: &str, what: &str| {
         percent_decode(s).ok_or_else(|| bad(format!("the {what} is not valid percent-encoding")))
     };
@@ -623,6 +640,7 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
             "mandatory" => options.mandatory = boolean(&k, &v).map_err(bad)?,
             "channels" => options.channels = int("channels")? as usize,
             "max_message_size" => options.max_message_size = int("max_message_size")? as usize,
+            "ca_file" => options.ca_file = Some(v.into_owned().into()),
             "confirm_timeout" => {
                 options.confirm_timeout =
                     super::duration::parse(&v).map_err(|e| bad(format!("confirm_timeout: {e}")))?
@@ -659,10 +677,14 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
                 return Err(bad(format!(
                     "unknown parameter {other:?} (known: exchange, routing_key, exchange_type, \
                      declare_exchange, mandatory, channels, confirm_timeout, connect_timeout, \
-                     max_message_size, heartbeat, frame_max, channel_max, auth_mechanism)"
+                     max_message_size, ca_file, heartbeat, frame_max, channel_max, \
+                     auth_mechanism)"
                 )))
             }
         }
+    }
+    if options.ca_file.is_some() && scheme != AMQPScheme::AMQPS {
+        return Err(bad("ca_file applies to amqps:// only".into()));
     }
     if options.channels == 0 {
         return Err(crate::Error::Config(
@@ -740,6 +762,9 @@ mod tests {
         assert_eq!(o, AmqpOptions::default());
         let (uri, _) = parse_url("amqp://h/shop", &AmqpOptions::default()).unwrap();
         assert_eq!(uri.vhost, "shop");
+        let (uri, o) = parse_url("amqps://h?ca_file=/etc/ca.pem", &AmqpOptions::default()).unwrap();
+        assert_eq!((uri.scheme, uri.authority.port), (AMQPScheme::AMQPS, 5671));
+        assert_eq!(o.ca_file, Some("/etc/ca.pem".into()));
     }
 
     #[test]
@@ -750,7 +775,7 @@ mod tests {
             "amqp://u:secret@h/%2f?channels=0",
             "amqp://u:secret@h/%2f?confirm_timeout=soon",
             "amqp://u:secret@h/%zz",
-            "amqps://u:secret@h/%2f",
+            "amqp://u:secret@h/%2f?ca_file=/tmp/ca.pem",
             "amqp://u:secret@/%2f",
         ] {
             let err = parse_url(bad, &AmqpOptions::default())

@@ -20,7 +20,7 @@ pub mod nats;
 mod params;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
-#[cfg(feature = "mqtt")]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "redis"))]
 mod tls;
 #[cfg(feature = "http")]
 pub mod webhook;

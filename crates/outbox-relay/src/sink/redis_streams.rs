@@ -124,15 +124,11 @@ impl RedisSink {
                 )))
             }
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    crate::Error::Config(format!(
-                        "Redis: cannot read the CA file {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                let pem = super::tls::ca_pem(path)
+                    .map_err(|e| crate::Error::Config(format!("Redis: {e}")))?;
                 let certs = redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(pem),
+                    root_cert: Some(pem.into_bytes()),
                 };
                 redis::Client::build_with_tls(parsed.as_str(), certs)
             }

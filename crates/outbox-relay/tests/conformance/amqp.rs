@@ -272,6 +272,43 @@ mod sink {
         assert!(!err.to_string().contains("wrong-secret"), "{err}");
     }
 
+    /// `amqps://` through a TLS-terminating proxy (a test CA signed its certificate) in front
+    /// of the real RabbitMQ: trusted through `ca_file`, the message is confirmed and arrives;
+    /// with the system's roots only, the publish fails as retryable, naming the certificate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_over_tls_with_a_private_ca() {
+        let Some(h) = AmqpHarness::setup().await else {
+            return;
+        };
+        let tls = outbox_testkit::require!(outbox_testkit::TlsFiles::generate());
+        let proxy = outbox_testkit::TlsProxy::start(&h.broker(), &tls)
+            .await
+            .expect("TLS proxy");
+        let options = h.sink_options().amqp;
+        let url = format!("amqps://guest:guest@localhost:{}/%2f", proxy.port);
+
+        let untrusted = AmqpSink::connect(&url, &options)
+            .await
+            .expect("an untrusted server is not a configuration error");
+        let err = untrusted
+            .publish(&message(&h.order_topic()))
+            .await
+            .expect_err("a certificate no trusted CA signed must not be accepted");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+
+        let trusted = format!("{url}?ca_file={}", tls.ca.display());
+        let sink = AmqpSink::connect(&trusted, &options)
+            .await
+            .expect("AMQP sink");
+        let sent = message(&h.order_topic());
+        sink.publish(&sent).await.expect("confirmed over TLS");
+        let got = h.receive(1, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].headers.get("id"), Some(&sent.id.to_string()));
+        h.cleanup().await;
+    }
+
     #[tokio::test]
     async fn unreachable_broker_fails_fast_as_retryable() {
         // A port nobody listens on.
