@@ -36,22 +36,53 @@ pub use sink::{Message, Sink, SinkError};
 pub use stats::Stats;
 pub use store::Store;
 
-/// Replaces the password of a URL with `***`, for logs and error messages.
+/// Replaces the password of a URL, and the values of query parameters whose names say
+/// `password`, `secret` or `token`, with `***`, for logs and error messages.
 ///
 /// ```
 /// assert_eq!(
 ///     outbox_relay::redact_url("postgres://app:s3cret@db:5432/shop"),
 ///     "postgres://app:***@db:5432/shop"
 /// );
+/// assert_eq!(
+///     outbox_relay::redact_url("kafka://k:9093?sasl.username=app&sasl.password=s3cret"),
+///     "kafka://k:9093?sasl.username=app&sasl.password=***"
+/// );
 /// assert_eq!(outbox_relay::redact_url("sqlite:demo.db"), "sqlite:demo.db");
 /// ```
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            // Secrets passed as parameters (`sasl.password=…`, `token=…`) are masked too.
+            let secret = |k: &str| {
+                let k = k.to_ascii_lowercase();
+                ["password", "secret", "token"]
+                    .iter()
+                    .any(|s| k.contains(s))
+            };
+            let secret_query = u.query_pairs().any(|(k, _)| secret(&k));
+            if u.password().is_none() && !secret_query {
+                return raw.to_string();
+            }
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if secret_query {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(_) => raw.to_string(),
         // Not a URL we can parse: never echo something that may hold a secret after '@'.
         Err(_) => match raw.rfind('@') {
             Some(at) => match raw[..at].find("://") {

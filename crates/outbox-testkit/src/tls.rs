@@ -97,6 +97,7 @@ impl Drop for TlsFiles {
 pub struct TlsProxy {
     /// The port clients connect to with TLS.
     pub port: u16,
+    upstream: std::sync::Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,10 +120,12 @@ impl TlsProxy {
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let upstream = upstream.to_string();
+        let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream.to_string()));
+        let target = upstream.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                let upstream = target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(socket).await else {
                         return;
@@ -134,7 +137,17 @@ impl TlsProxy {
                 });
             }
         });
-        Ok(TlsProxy { port, task })
+        Ok(TlsProxy {
+            port,
+            upstream,
+            task,
+        })
+    }
+
+    /// Sends new connections to `upstream` from now on (for a server that must know the
+    /// proxy's port before it starts, such as a Kafka broker advertising it).
+    pub fn set_upstream(&self, upstream: &str) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream.to_string();
     }
 }
 

@@ -12,7 +12,9 @@
 //!
 //! Missing topics are created on first use (CreateTopics, `partitions` ×
 //! `replication_factor`); topics known to exist are cached. Any librdkafka producer property
-//! can be set in `[kafka.producer]` (or as a URL query parameter with a dot in its name).
+//! can be set in `[kafka.producer]` (or as a URL query parameter with a dot in its name),
+//! TLS and SASL included (`security.protocol`, `ssl.ca.location`, `sasl.*`): librdkafka is built
+//! with a vendored OpenSSL.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};

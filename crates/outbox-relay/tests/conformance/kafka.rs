@@ -140,14 +140,28 @@ impl Harness for KafkaHarness {
 /// Reads `topic` from the beginning of every partition: at least `n` messages, then whatever
 /// else the partitions held by then; stops at `timeout`.
 fn consume(bootstrap: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Received> {
+    consume_with(bootstrap, &[], topic, n, timeout)
+}
+
+/// [`consume`] with extra client properties (TLS settings).
+fn consume_with(
+    bootstrap: &str,
+    extra: &[(&str, &str)],
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Received> {
     let deadline = Instant::now() + timeout;
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("conformance-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("Kafka consumer");
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().expect("Kafka consumer");
     let partitions = loop {
         let found = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -319,4 +333,77 @@ impl Drop for PrivateTansu {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Kafka over TLS (`security.protocol=ssl`): a private tansu behind a TLS-terminating proxy
+/// whose certificate a test CA signed, advertising the proxy. Trusted through
+/// `ssl.ca.location`, the message is acknowledged and read back over TLS; with the system's
+/// roots only, the publish fails as retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_over_tls_with_a_private_ca() {
+    use outbox_relay::sink::kafka::{KafkaOptions, KafkaSink};
+    use outbox_relay::Sink;
+
+    let tls = outbox_testkit::require!(outbox_testkit::TlsFiles::generate());
+    let proxy = outbox_testkit::TlsProxy::start("127.0.0.1:1", &tls)
+        .await
+        .expect("TLS proxy");
+    let advertised = format!("localhost:{}", proxy.port);
+    let tansu = tokio::task::spawn_blocking(move || PrivateTansu::start(&advertised))
+        .await
+        .expect("starting a private tansu");
+    proxy.set_upstream(&tansu.addr);
+    let bootstrap = format!("localhost:{}", proxy.port);
+    let topic = format!("tls-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let id = uuid::Uuid::new_v4();
+    let message = outbox_relay::Message {
+        id,
+        topic: topic.clone(),
+        key: "o-1".into(),
+        value: bytes::Bytes::from_static(b"{\"n\":1}"),
+        headers: vec![("id".into(), id.to_string())],
+    };
+    let mut options = KafkaOptions {
+        partitions: 1,
+        message_timeout: Duration::from_secs(3),
+        ..KafkaOptions::default()
+    };
+    options
+        .producer
+        .insert("security.protocol".into(), "ssl".into());
+
+    let untrusted = KafkaSink::connect(&format!("kafka://{bootstrap}"), &options)
+        .await
+        .expect("the URL is valid");
+    let err = untrusted
+        .publish(&message)
+        .await
+        .expect_err("a certificate no trusted CA signed must not be accepted");
+    assert!(err.is_retryable(), "{err}");
+    drop(untrusted);
+
+    let ca = tls.ca.display().to_string();
+    options
+        .producer
+        .insert("ssl.ca.location".into(), ca.clone());
+    options.message_timeout = Duration::from_secs(15);
+    let sink = KafkaSink::connect(&format!("kafka://{bootstrap}"), &options)
+        .await
+        .expect("Kafka sink");
+    sink.publish(&message).await.expect("acknowledged over TLS");
+
+    let got = tokio::task::spawn_blocking(move || {
+        consume_with(
+            &bootstrap,
+            &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)],
+            &topic,
+            1,
+            Duration::from_secs(20),
+        )
+    })
+    .await
+    .expect("consumer thread");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, b"{\"n\":1}".to_vec());
+    assert_eq!(got[0].headers.get("id"), Some(&id.to_string()));
 }
