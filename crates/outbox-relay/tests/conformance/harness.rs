@@ -111,6 +111,20 @@ impl Running {
 }
 
 /// A migrated store on a private database.
+/// TLS tests: publishing to a server whose certificate no trusted CA signed must fail, and
+/// as retryable (the operator fixes the trust store; the events wait). Returns the error.
+pub async fn untrusted_publish_fails(
+    sink: &dyn outbox_relay::Sink,
+    message: &outbox_relay::Message,
+) -> outbox_relay::SinkError {
+    let err = sink
+        .publish(message)
+        .await
+        .expect_err("a certificate no trusted CA signed must not be accepted");
+    assert!(err.is_retryable(), "{err}");
+    err
+}
+
 pub async fn store(db: &TestDb) -> Store {
     let s = Store::connect(&db.url, &ConnectOptions::default())
         .await
