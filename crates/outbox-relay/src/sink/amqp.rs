@@ -140,8 +140,9 @@ impl AmqpSink {
     /// Connects to `url` (`amqp://user:pass@host:5672/vhost`, vhost percent-encoded: `%2f` is
     /// `/`, which is also the default). Query parameters override `options`: `exchange`,
     /// `routing_key`, `declare_exchange`, `exchange_type`, `mandatory`, `channels`,
-    /// `confirm_timeout`, `connect_timeout`, `max_message_size`, `ca_file`; and lapin's own `heartbeat`,
-    /// `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are configuration errors.
+    /// `confirm_timeout`, `connect_timeout`, `max_message_size`, `ca_file`; and lapin's own
+    /// `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are
+    /// configuration errors.
     ///
     /// A broker that cannot be reached now is not an error: the sink connects on the next
     /// publish, and publishes fail as retryable until it can. Refused credentials or vhost are
