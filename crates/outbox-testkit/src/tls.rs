@@ -166,39 +166,39 @@ impl ChildServer {
     /// Starts `program` with `args` and waits (at most 10 s) until `127.0.0.1:port` accepts
     /// connections. `None` (reported through [`crate::unavailable`]) when it cannot.
     pub fn start(program: &str, args: &[&str], port: u16) -> Option<ChildServer> {
-        let child = match Command::new(program)
+        match ChildServer::spawn(program, args, port) {
+            Ok(server) => Some(server),
+            Err(why) => {
+                crate::unavailable(&format!("a private {program}"), &why);
+                None
+            }
+        }
+    }
+
+    /// [`ChildServer::start`] without the report: the error says why (the program could not
+    /// run, exited — e.g. it lost the port to another process — or never listened).
+    pub fn spawn(program: &str, args: &[&str], port: u16) -> Result<ChildServer, String> {
+        let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                crate::unavailable(&format!("the {program} command"), &e.to_string());
-                return None;
-            }
-        };
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
         let mut server = ChildServer { child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+                return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                crate::unavailable(
-                    &format!("a private {program}"),
-                    &format!("exited: {status}"),
-                );
-                return None;
+                return Err(format!("{program} exited: {status}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        crate::unavailable(
-            &format!("a private {program}"),
-            &format!("port {port} not open within 10s"),
-        );
-        None
+        Err(format!(
+            "{program} did not listen on port {port} within 10s"
+        ))
     }
 }
 

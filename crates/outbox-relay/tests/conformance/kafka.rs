@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -271,67 +270,40 @@ pub fn tansu_bin() -> PathBuf {
 pub struct PrivateTansu {
     /// `127.0.0.1:<port>` it listens on.
     pub addr: String,
-    child: Mutex<Child>,
+    _process: outbox_testkit::ChildServer,
 }
 
 impl PrivateTansu {
     /// Starts tansu on a free port, advertising `advertised` (`host:port`) to clients.
     pub fn start(advertised: &str) -> PrivateTansu {
         let bin = tansu_bin();
+        let program = bin.display().to_string();
+        let mut last = String::new();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = outbox_testkit::free_port();
             let addr = format!("127.0.0.1:{port}");
-            let mut child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &format!("tcp://{addr}"),
-                    "--advertised-listener-url",
-                    &format!("tcp://{advertised}"),
-                    "--storage-engine",
-                    "memory://tansu/",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start tansu ({}): {e}; run .ci/services to install it",
-                        bin.display()
-                    )
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if reachable(&addr).is_ok() {
+            let (listen, advertise) = (format!("tcp://{addr}"), format!("tcp://{advertised}"));
+            let args = [
+                "broker",
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &advertise,
+                "--storage-engine",
+                "memory://tansu/",
+            ];
+            // An exit is usually a port lost to someone else: try another.
+            match outbox_testkit::ChildServer::spawn(&program, &args, port) {
+                Ok(process) => {
                     return PrivateTansu {
                         addr,
-                        child: Mutex::new(child),
-                    };
+                        _process: process,
+                    }
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // lost the port to someone else: try another
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the private tansu did not listen on {addr} within 10s");
-                }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(why) => last = why,
             }
         }
-        panic!("could not start a private tansu (5 attempts)");
-    }
-}
-
-impl Drop for PrivateTansu {
-    fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
+        panic!("could not start a private tansu (5 attempts; last: {last}); run .ci/services to install it");
     }
 }
 
