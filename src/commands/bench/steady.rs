@@ -16,6 +16,27 @@ use crate::cli::OnPublish;
 use crate::cli::SourceKind;
 use crate::error::CliError;
 
+/// The application's tokio runtime. Dropped from async code (also on an early return), it
+/// shuts down in the background: a plain drop there would panic.
+struct AppRuntime(Option<tokio::runtime::Runtime>);
+
+impl AppRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .handle()
+    }
+}
+
+impl Drop for AppRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Wraps the real sink and notes when each event was first acknowledged.
 struct TimedSink {
     inner: Arc<dyn Sink>,
@@ -55,7 +76,8 @@ fn event(n: u64, aggregates: usize) -> outbox::Event {
 
 /// Scenario 2: `--writers` commit `--rate` events/s in all for `--duration`, each event in its
 /// own transaction through the library, while the relay runs (polling with LISTEN/NOTIFY, or
-/// CDC). Latency: from the writer's commit returning to the broker's acknowledgement.
+/// CDC). Latency: from the writer sending `COMMIT` to the broker's acknowledgement (and, as a
+/// lower bound, from `COMMIT` returning).
 pub async fn steady(
     args: &BenchArgs,
     db: &BenchDb,
@@ -75,12 +97,15 @@ pub async fn steady(
         let relay = Running::start(source, db, &store, sink.clone(), args, OnPublish::Mark).await?;
         // The writers are the application, a service of its own: their own runtime (threads)
         // and pool. On the relay's runtime, the relay's tasks would queue behind 32 writers'.
-        let app = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bench-app")
-            .enable_all()
-            .build()
-            .map_err(|e| CliError::runtime(format!("application runtime: {e}")))?;
+        let runtime = AppRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-app")
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::runtime(format!("application runtime: {e}")))?,
+        ));
+        let app = runtime.handle();
         let joined = |e: tokio::task::JoinError| CliError::runtime(format!("writer: {e}"));
         let app_pool = {
             let (db_url, size) = (db.url.clone(), args.writers as u32 + 1);
@@ -110,7 +135,8 @@ pub async fn steady(
             "[{label}] {} events/s for {:?}",
             args.rate, args.duration
         ));
-        let commits: Arc<Mutex<Vec<(Uuid, Instant)>>> = Arc::default();
+        // Per event: when its writer sent COMMIT, and when COMMIT returned.
+        let commits: Arc<Mutex<Vec<(Uuid, Instant, Instant)>>> = Arc::default();
         let period = Duration::from_secs_f64(args.writers as f64 / args.rate as f64);
         let started = Instant::now();
         let mut writers = tokio::task::JoinSet::new();
@@ -128,23 +154,24 @@ pub async fn steady(
                         n += writers_n;
                         let mut tx = pool.begin().await?;
                         outbox::enqueue(&mut *tx, &e).await?;
+                        let sent = Instant::now();
                         tx.commit().await?;
-                        let at = Instant::now();
-                        commits
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((e.id(), at));
+                        let returned = Instant::now();
+                        commits.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            e.id(),
+                            sent,
+                            returned,
+                        ));
                     }
                     Ok::<(), outbox::Error>(())
                 },
-                app.handle(),
+                app,
             );
         }
         while let Some(done) = writers.join_next().await {
             done.map_err(joined)??;
         }
         drop(pool);
-        app.shutdown_background();
         let wrote_for = started.elapsed();
         let written = commits.lock().unwrap_or_else(|p| p.into_inner()).len();
         relay
@@ -154,18 +181,26 @@ pub async fn steady(
         relay.stop().await?;
         super::reset_sink(&args.sink).await;
 
-        let mut h = hdrhistogram::Histogram::<u64>::new(3)
-            .map_err(|e| CliError::runtime(format!("histogram: {e}")))?;
+        // Latency from COMMIT sent (the figure: conservative, it includes the commit itself)
+        // and from COMMIT returned (a lower bound: on a busy machine the writer may observe
+        // its commit only after the relay has already delivered the event).
+        let histogram = || {
+            hdrhistogram::Histogram::<u64>::new(3)
+                .map_err(|e| CliError::runtime(format!("histogram: {e}")))
+        };
+        let (mut from_sent, mut from_returned) = (histogram()?, histogram()?);
         {
             let acks = sink.acks.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, committed) in commits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (id, sent, returned) in commits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 if let Some(acked) = acks.get(id) {
-                    let _ =
-                        h.record(acked.saturating_duration_since(*committed).as_micros() as u64);
+                    let micros =
+                        |since: &Instant| acked.saturating_duration_since(*since).as_micros();
+                    let _ = from_sent.record(micros(sent) as u64);
+                    let _ = from_returned.record(micros(returned) as u64);
                 }
             }
         }
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let ms = |q: f64| from_sent.value_at_quantile(q) as f64 / 1000.0;
         let achieved = written as f64 / wrote_for.as_secs_f64();
         let kept_up = achieved >= 0.95 * args.rate as f64 && caught_up < Duration::from_secs(1);
         out.push(
@@ -188,7 +223,15 @@ pub async fn steady(
             .with("p50_ms", ms(0.5))
             .with("p99_ms", ms(0.99))
             .with("p999_ms", ms(0.999))
-            .with("max_ms", h.max() as f64 / 1000.0)
+            .with("max_ms", from_sent.max() as f64 / 1000.0)
+            .with(
+                "p50_from_commit_return_ms",
+                from_returned.value_at_quantile(0.5) as f64 / 1000.0,
+            )
+            .with(
+                "p99_from_commit_return_ms",
+                from_returned.value_at_quantile(0.99) as f64 / 1000.0,
+            )
             .with(
                 "caught_up_after_writes_ms",
                 caught_up.as_secs_f64() * 1000.0,
