@@ -63,17 +63,6 @@ async fn drop_slot(pool: &sqlx::PgPool, slot: &str) {
         .expect("drop the test's slot");
 }
 
-async fn confirmed_flush(pool: &sqlx::PgPool, slot: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots
-         WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_one(pool)
-    .await
-    .expect("read the slot")
-}
-
 async fn current_lsn(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
         .fetch_one(pool)
@@ -377,7 +366,7 @@ async fn sigkill_under_load_loses_nothing_and_redelivers_only_the_unconfirmed_ta
         )
         .await;
         relay.kill().await;
-        let confirmed = confirmed_flush(&pool, &slot).await;
+        let confirmed = outbox_testkit::confirmed_flush(&pool, &slot).await;
         let at_kill = current_lsn(&pool).await;
         // A line cut by the kill stays a separate, unparsable line.
         let mut bytes = std::fs::read(&out).unwrap_or_default();

@@ -148,17 +148,6 @@ async fn drop_slot(pool: &sqlx::PgPool, slot: &str) {
         .expect("drop the test's slot");
 }
 
-async fn confirmed_flush(pool: &sqlx::PgPool, slot: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots
-         WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn inserts_stream_in_commit_order_updates_and_deletes_are_ignored() {
     let db = require!(TestDb::create().await);
@@ -234,7 +223,7 @@ async fn inserts_stream_in_commit_order_updates_and_deletes_are_ignored() {
     assert_eq!(sink.len(), 4, "exactly once each");
     run.stop().await;
     // The stop reported the confirmed position to the server.
-    assert!(confirmed_flush(&pool, &slot).await >= state.confirmed_lsn() as i64);
+    assert!(outbox_testkit::confirmed_flush(&pool, &slot).await >= state.confirmed_lsn() as i64);
     drop_slot(&pool, &slot).await;
 }
 
@@ -253,7 +242,7 @@ async fn failures_retry_in_memory_then_dead_letter_and_replay_comes_back_in_orde
         options(&slot),
     );
     let run = Running::start(relay).await;
-    let before = confirmed_flush(&pool, &slot).await;
+    let before = outbox_testkit::confirmed_flush(&pool, &slot).await;
     insert(&pool, "bad", 1).await;
     insert(&pool, "good", 1).await;
     insert(&pool, "bad", 2).await;
@@ -356,13 +345,13 @@ async fn an_idle_database_still_advances_the_slot() {
         },
     );
     let run = Running::start(relay).await;
-    let first = confirmed_flush(&pool, &slot).await;
+    let first = outbox_testkit::confirmed_flush(&pool, &slot).await;
     // Nothing is written to this database but the relay's heartbeats (other databases of the
     // cluster may be busy: their WAL moves the slot too, through keep-alives).
     let state = run.relay.state();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let now = confirmed_flush(&pool, &slot).await;
+        let now = outbox_testkit::confirmed_flush(&pool, &slot).await;
         if now > first && state.heartbeats() >= 2 {
             break;
         }

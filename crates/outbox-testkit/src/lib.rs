@@ -46,6 +46,18 @@ macro_rules! require {
     };
 }
 
+/// The confirmed flush position of replication slot `slot`, in bytes from `0/0`.
+pub async fn confirmed_flush(pool: &sqlx::PgPool, slot: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots
+         WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(pool)
+    .await
+    .expect("read the slot")
+}
+
 /// A fresh PostgreSQL database, dropped when this value is dropped.
 pub struct TestDb {
     /// Connection URL of the database.

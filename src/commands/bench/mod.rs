@@ -478,13 +478,9 @@ impl Running {
                     },
                 );
                 let stats = relay.stats();
-                let token = shutdown.clone();
-                let task = tokio::spawn(async move { relay.run(token).await });
-                Ok(Running {
-                    stats,
-                    shutdown,
-                    task,
-                })
+                Ok(Running::spawn(stats, shutdown, |token| async move {
+                    relay.run(token).await
+                }))
             }
             #[cfg(feature = "cdc")]
             SourceKind::Cdc => {
@@ -501,19 +497,29 @@ impl Running {
                     },
                 );
                 let stats = relay.stats();
-                let token = shutdown.clone();
-                let task = tokio::spawn(async move { relay.run(token).await });
-                Ok(Running {
-                    stats,
-                    shutdown,
-                    task,
-                })
+                Ok(Running::spawn(stats, shutdown, |token| async move {
+                    relay.run(token).await
+                }))
             }
             #[cfg(not(feature = "cdc"))]
             SourceKind::Cdc => {
                 let _ = db;
                 Err(CliError::usage("this build has no CDC source"))
             }
+        }
+    }
+
+    /// Runs a relay (`run` given its shutdown token) as a task.
+    fn spawn<F, Fut>(stats: Arc<Stats>, shutdown: CancellationToken, run: F) -> Running
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = Result<(), outbox_relay::Error>> + Send + 'static,
+    {
+        let task = tokio::spawn(run(shutdown.clone()));
+        Running {
+            stats,
+            shutdown,
+            task,
         }
     }
 
