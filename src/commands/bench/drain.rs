@@ -84,13 +84,8 @@ async fn load_history(
 ) -> Result<(), CliError> {
     let pool = pg(store)?;
     let note = args.payload_bytes.saturating_sub(110) as i32;
-    let chunk = 250_000;
-    let mut done = 0;
-    while done < rows {
-        let n = chunk.min(rows - done);
-        progress(&format!(
-            "[{label}] loading published history {done}/{rows}"
-        ));
+    let what = format!("[{label}] loading published history");
+    super::in_chunks(rows, &what, |_, n| {
         sqlx::query(
             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at)
              SELECT 'BenchOrder', 'old-' || (g % 50000), 'OrderCreated',
@@ -101,10 +96,8 @@ async fn load_history(
         .bind(n as i64)
         .bind(note)
         .execute(pool)
-        .await?;
-        done += n;
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Scenario 1: every source × sink (× polling mode).

@@ -373,11 +373,7 @@ async fn load_backlog(
 ) -> Result<(), CliError> {
     let pool = pg(store)?;
     let note = args.payload_bytes.saturating_sub(110) as i32;
-    let chunk = 250_000;
-    let mut done = 0;
-    while done < events {
-        let n = chunk.min(events - done);
-        progress(&format!("[{label}] loading {done}/{events} events"));
+    in_chunks(events, &format!("[{label}] loading"), |first, n| {
         sqlx::query(
             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
              SELECT 'BenchOrder', 'order-' || (g % $2::bigint), 'OrderCreated',
@@ -389,12 +385,27 @@ async fn load_backlog(
         .bind(n as i64)
         .bind(args.aggregates as i64)
         .bind(note)
-        .bind(done as i64)
+        .bind(first as i64)
         .execute(pool)
-        .await?;
+    })
+    .await?;
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    Ok(())
+}
+
+/// Runs `insert(first, n)` over `rows` rows in chunks of 250k, printing `what first/rows`.
+async fn in_chunks<F, Fut>(rows: usize, what: &str, mut insert: F) -> Result<(), CliError>
+where
+    F: FnMut(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>,
+{
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(250_000);
+        progress(&format!("{what} {done}/{rows}"));
+        insert(done, n).await?;
         done += n;
     }
-    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
     Ok(())
 }
 
