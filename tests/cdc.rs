@@ -58,7 +58,7 @@ async fn wait_slot_active(pool: &sqlx::PgPool, slot: &str, limit: Duration) -> i
 /// Drops a test's slot, waiting for its walsender to exit: slots are cluster-global and keep
 /// the database from being dropped.
 async fn drop_slot(pool: &sqlx::PgPool, slot: &str) {
-    outbox_relay::source::cdc::slot::drop_slot(pool, slot, Duration::from_secs(10))
+    outbox_relay::store::replication::drop_slot(pool, slot, Duration::from_secs(10))
         .await
         .expect("drop the test's slot");
 }

@@ -1,4 +1,6 @@
-//! Retry policy: exponential backoff with jitter, and when to give up.
+//! Retrying: the [`RetryPolicy`] of events (exponential backoff with jitter, and when to give
+//! up), and the [`Backoff`] of connections and bookkeeping writes (a pause that doubles while
+//! failures come in a row).
 
 use std::time::Duration;
 
@@ -62,6 +64,59 @@ impl RetryPolicy {
         let capped = raw.min(self.max.as_secs_f64());
         let factor = 1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0);
         Duration::from_secs_f64((capped * factor).min(self.max.as_secs_f64()).max(0.0))
+    }
+}
+
+/// A pause that doubles with each failure in a row, from `first` up to `max`, and starts over
+/// after a success. For reconnecting and for retrying the relay's own database writes; events
+/// are retried by [`RetryPolicy`], which never sleeps.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_relay::retry::Backoff;
+///
+/// let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
+/// assert_eq!(b.fail(), Duration::from_millis(100));
+/// assert_eq!(b.fail(), Duration::from_millis(200));
+/// assert_eq!(b.fail(), Duration::from_millis(300));
+/// b.reset();
+/// assert_eq!(b.fail(), Duration::from_millis(100));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A backoff whose first pause is `first`, doubling up to `max`.
+    pub const fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// Counts a failure; returns the pause before the next try.
+    pub fn fail(&mut self) -> Duration {
+        let pause = self
+            .first
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    /// A success: the next failure pauses `first` again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 }
 

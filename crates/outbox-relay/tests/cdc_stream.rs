@@ -143,7 +143,7 @@ async fn insert(pool: &sqlx::PgPool, agg: &str, n: i64) {
 
 /// Drops a test's slot (slots are cluster-global), waiting for its reader to let go.
 async fn drop_slot(pool: &sqlx::PgPool, slot: &str) {
-    outbox_relay::source::cdc::slot::drop_slot(pool, slot, Duration::from_secs(10))
+    outbox_relay::store::replication::drop_slot(pool, slot, Duration::from_secs(10))
         .await
         .expect("drop the test's slot");
 }

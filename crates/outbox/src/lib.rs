@@ -23,8 +23,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The table is a public contract (see the project's `CONTRACT.md`): any language may insert
-//! into it with plain SQL. [`migrate`] creates and upgrades it, idempotently.
+//! The table is a public contract (its columns are documented in the project README, under
+//! "The table"): any language may insert into it with plain SQL. [`migrate`] creates and
+//! upgrades it, idempotently.
 #![warn(missing_docs)]
 
 mod enqueue;

@@ -349,7 +349,7 @@ impl BenchDb {
     /// Creates the CDC publication and slot, before the events it should see are written.
     #[cfg(feature = "cdc")]
     async fn create_slot(&self, store: &Store) -> Result<(), CliError> {
-        use outbox_relay::source::cdc::{slot, TableName};
+        use outbox_relay::store::replication::{self as slot, TableName};
         let pool = pg(store)?;
         let table = TableName::parse("public.outbox")?;
         slot::ensure_publication(pool, &self.slot(), &[table], true).await?;

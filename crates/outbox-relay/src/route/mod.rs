@@ -2,14 +2,14 @@
 
 pub mod debezium;
 pub mod envelope;
-pub mod template;
 
 use bytes::Bytes;
 
 pub use envelope::Envelope;
-pub use template::Template;
+pub use crate::template::Template;
 
-use crate::{Message, Record};
+use crate::message::Message;
+use crate::record::Record;
 
 /// Turns records into messages: a topic template, a key template, an envelope.
 #[derive(Debug, Clone)]

@@ -41,9 +41,9 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use super::params::{boolean, percent_decode};
+use crate::urls::{boolean, percent_decode};
 use super::{Message, Sink, SinkError};
-use crate::route::Template;
+use crate::template::Template;
 
 /// How long after a failed connection attempt publishes fail at once (with that attempt's
 /// error) instead of trying again: keeps an outage from turning into a connection storm.
@@ -70,10 +70,10 @@ pub struct AmqpOptions {
     /// Publishes in flight at once, each on a channel of its own.
     pub channels: usize,
     /// How long to wait for a publisher confirm before the attempt fails (retryable).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub confirm_timeout: Duration,
     /// How long to wait for a connection (and a new channel) before the attempt fails.
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub connect_timeout: Duration,
     /// Largest message body accepted, in bytes; a larger one is dead-lettered at once. RabbitMQ
     /// refuses bodies over its `max_message_size` (16 MiB by default since 4.0, 128 MiB before).
@@ -644,11 +644,11 @@ fn parse_url(url: &str, options: &AmqpOptions) -> Result<(AMQPUri, AmqpOptions),
             "ca_file" => options.ca_file = Some(v.into_owned().into()),
             "confirm_timeout" => {
                 options.confirm_timeout =
-                    super::duration::parse(&v).map_err(|e| bad(format!("confirm_timeout: {e}")))?
+                    crate::duration::parse(&v).map_err(|e| bad(format!("confirm_timeout: {e}")))?
             }
             "connect_timeout" => {
                 options.connect_timeout =
-                    super::duration::parse(&v).map_err(|e| bad(format!("connect_timeout: {e}")))?
+                    crate::duration::parse(&v).map_err(|e| bad(format!("connect_timeout: {e}")))?
             }
             "heartbeat" => {
                 query.heartbeat = Some(

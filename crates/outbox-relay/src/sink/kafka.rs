@@ -46,7 +46,7 @@ pub struct KafkaOptions {
     /// How long librdkafka may keep trying to deliver one message (`message.timeout.ms`)
     /// before the publish fails as retryable and the event waits for its backoff
     /// (URL `message_timeout`).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub message_timeout: Duration,
     /// Extra librdkafka producer properties, e.g. `"linger.ms" = 10`,
     /// `"compression.type" = "lz4"`, `"security.protocol" = "sasl_plaintext"`,
@@ -164,7 +164,7 @@ impl KafkaSink {
                     options.create_topics = v.parse().map_err(|_| bad("true or false"))?
                 }
                 "message_timeout" => {
-                    options.message_timeout = super::duration::parse(&v).map_err(|e| {
+                    options.message_timeout = crate::duration::parse(&v).map_err(|e| {
                         crate::Error::Config(format!("Kafka URL: message_timeout: {e}"))
                     })?
                 }

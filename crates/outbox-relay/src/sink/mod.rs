@@ -16,8 +16,6 @@ pub mod kafka;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
-#[cfg(any(feature = "amqp", feature = "mqtt"))]
-mod params;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 #[cfg(any(feature = "amqp", feature = "mqtt", feature = "redis"))]
@@ -25,15 +23,13 @@ mod tls;
 #[cfg(feature = "http")]
 pub mod webhook;
 
-use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use uuid::Uuid;
 
 pub use jsonl::{FileSink, StdoutSink};
+
+pub use crate::message::{ErrorKind, Message, SinkError};
 
 /// `noop:`: acknowledges everything at once. For benchmarks (it measures the relay and the
 /// database alone) and dry runs; it delivers nothing anywhere.
@@ -49,74 +45,6 @@ impl Sink for NoopSink {
         "noop".into()
     }
 }
-
-/// A message ready for a broker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// The event id (dedupe key).
-    pub id: Uuid,
-    /// Topic / subject / routing key / stream name.
-    pub topic: String,
-    /// Message key: the aggregate id.
-    pub key: String,
-    /// Serialized value (the envelope).
-    pub value: Bytes,
-    /// Headers, in order.
-    pub headers: Vec<(String, String)>,
-}
-
-/// Whether a failed publish may succeed later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Broker down, timeout, throttled: try again after a backoff.
-    Retryable,
-    /// The broker will never accept this message (too large, rejected): dead-letter it now.
-    Permanent,
-}
-
-/// A failed publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkError {
-    /// Retry or give up.
-    pub kind: ErrorKind,
-    /// What happened, readable by an operator (stored in `last_error` / the dead-letter table).
-    pub message: String,
-    /// Earliest useful retry, when the broker said so (e.g. HTTP `Retry-After`).
-    pub retry_after: Option<Duration>,
-}
-
-impl SinkError {
-    /// A failure worth retrying.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        SinkError {
-            kind: ErrorKind::Retryable,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A failure that retrying cannot fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        SinkError {
-            kind: ErrorKind::Permanent,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// True for [`ErrorKind::Retryable`].
-    pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Retryable
-    }
-}
-
-impl fmt::Display for SinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SinkError {}
 
 /// A message broker (or file, or stdout) the relay delivers to.
 #[async_trait]
@@ -171,25 +99,6 @@ pub struct SinkOptions {
     /// HTTP webhook settings.
     #[cfg(feature = "http")]
     pub http: webhook::WebhookOptions,
-}
-
-/// Serde helper: durations written as `500ms`, `5s`, `2m`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Deserializes a humantime duration string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// Parses `500ms`, `5s`, `2m`, `1h`.
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}"))
-    }
 }
 
 /// The URL schemes this build can deliver to.

@@ -47,7 +47,8 @@ use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::params::{boolean, percent_decode};
+use crate::retry::Backoff;
+use crate::urls::{boolean, percent_decode};
 use super::{Message, Sink, SinkError};
 
 /// Publishes the client may queue before the event loop takes them (beyond that, a publish
@@ -63,13 +64,13 @@ const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 #[serde(default, deny_unknown_fields)]
 pub struct MqttOptions {
     /// How long to wait for the broker's `PUBACK` before the attempt fails (retryable).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub ack_timeout: Duration,
     /// How long a connection attempt may take (whole seconds, at least 1).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub connect_timeout: Duration,
     /// MQTT keep-alive: the client pings when idle this long (at least 5 s).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub keep_alive: Duration,
     /// Largest PUBLISH packet (topic, properties and payload), in bytes; a larger message is
     /// dead-lettered at once. The broker's announced maximum applies too, when smaller.
@@ -352,7 +353,7 @@ async fn supervise(
     first: oneshot::Sender<Result<(), SinkError>>,
 ) {
     let mut first = Some(first);
-    let mut pause = RECONNECT_PAUSE;
+    let mut pause = Backoff::new(RECONNECT_PAUSE, MAX_RECONNECT_PAUSE);
     loop {
         let (client, mut eventloop) = AsyncClient::new(options.clone(), QUEUE_CAPACITY);
         let session = Arc::new(Session {
@@ -375,7 +376,7 @@ async fn supervise(
                     if let Some(max) = ack.properties.as_ref().and_then(|p| p.max_packet_size) {
                         session.broker_max.store(max, Ordering::Relaxed);
                     }
-                    pause = RECONNECT_PAUSE;
+                    pause.reset();
                     tracing::debug!(broker = %shared.addr, "MQTT connected");
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
@@ -407,9 +408,8 @@ async fn supervise(
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause.fail()) => {}
         }
-        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
     }
 }
 
@@ -551,7 +551,7 @@ fn parse_url(
     let mut options = options.clone();
     for (k, v) in parsed.query_pairs() {
         let duration =
-            |what: &str| super::duration::parse(&v).map_err(|e| bad(format!("{what}: {e}")));
+            |what: &str| crate::duration::parse(&v).map_err(|e| bad(format!("{what}: {e}")));
         match k.as_ref() {
             "ack_timeout" => options.ack_timeout = duration("ack_timeout")?,
             "connect_timeout" => options.connect_timeout = duration("connect_timeout")?,

@@ -27,7 +27,7 @@ pub struct NatsOptions {
     /// Subjects the stream captures. Empty: start from none and add each topic as it appears.
     pub subjects: Vec<String>,
     /// How long to wait for the stream's acknowledgement before retrying.
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub ack_timeout: Duration,
 }
 
@@ -70,7 +70,7 @@ impl NatsSink {
             match k.as_ref() {
                 "stream" => options.stream = v.into_owned(),
                 "ack_timeout" => {
-                    options.ack_timeout = super::duration::parse(&v)
+                    options.ack_timeout = crate::duration::parse(&v)
                         .map_err(|e| crate::Error::Config(format!("NATS URL: ack_timeout: {e}")))?
                 }
                 other => {

@@ -39,7 +39,7 @@ pub struct RedisOptions {
     pub maxlen_exact: bool,
     /// How long one publish may wait for Redis's reply, reconnecting included, before it
     /// fails as retryable (URL `timeout`).
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
     /// `rediss://` only: trust the CA certificates of this PEM file instead of the system's
     /// (URL `ca_file`).
@@ -92,7 +92,7 @@ impl RedisSink {
                     options.maxlen_exact = v.parse().map_err(|_| bad("true or false"))?
                 }
                 "timeout" => {
-                    options.timeout = super::duration::parse(&v)
+                    options.timeout = crate::duration::parse(&v)
                         .map_err(|e| crate::Error::Config(format!("Redis URL: timeout: {e}")))?
                 }
                 "ca_file" => options.ca_file = Some(v.into_owned().into()),

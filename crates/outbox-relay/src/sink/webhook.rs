@@ -30,7 +30,7 @@ pub struct WebhookOptions {
     /// as-is). Also read from `OUTBOX_WEBHOOK_SECRET`. Without one, requests are not signed.
     pub secret: Option<String>,
     /// Per-request timeout.
-    #[serde(with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
 }
 

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+use crate::retry::Backoff;
+use crate::stats::Stats;
 use crate::store::{Claim, Partition, Store};
-use crate::{Error, Stats};
 
 /// First wait after an empty claim; it doubles up to the poll interval.
 const MIN_IDLE: Duration = Duration::from_millis(1);
@@ -111,7 +113,8 @@ pub struct PollSource {
     options: PollOptions,
     wake: Wakeups,
     stats: std::sync::Arc<Stats>,
-    errors_in_a_row: u32,
+    /// Pause after a failed claim (the database may be restarting).
+    errors: Backoff,
 }
 
 impl PollSource {
@@ -137,7 +140,7 @@ impl PollSource {
             options,
             wake,
             stats,
-            errors_in_a_row: 0,
+            errors: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
         }
     }
 
@@ -169,7 +172,7 @@ impl PollSource {
                 .await
             {
                 Ok(claim) if !claim.records.is_empty() => {
-                    self.errors_in_a_row = 0;
+                    self.errors.reset();
                     self.idle = Duration::ZERO;
                     if self.registered {
                         self.registered = false;
@@ -180,7 +183,7 @@ impl PollSource {
                     return Some(claim);
                 }
                 Ok(claim) => {
-                    self.errors_in_a_row = 0;
+                    self.errors.reset();
                     let contended = claim.contended;
                     let next_due = claim.next_due;
                     claim.release().await;
@@ -213,9 +216,7 @@ impl PollSource {
                 }
                 Err(e) => {
                     self.stats.error();
-                    self.errors_in_a_row += 1;
-                    let pause = Duration::from_millis(100 * 2u64.pow(self.errors_in_a_row.min(6)))
-                        .min(Duration::from_secs(5));
+                    let pause = self.errors.fail();
                     if matches!(e, Error::Schema(_)) {
                         tracing::error!(error = %e, "cannot claim events");
                     } else {

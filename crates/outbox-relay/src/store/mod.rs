@@ -1,7 +1,12 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
-//! and cleanup. Everything that speaks SQL lives here, one file per database.
+//! and cleanup. Every SQL statement of the relay lives here: one file per database
+//! (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
+//! publications, heartbeats; [`cdc`]: its dead letters).
 
+#[cfg(feature = "cdc")]
+pub mod cdc;
 mod postgres;
+pub mod replication;
 mod sqlite;
 
 use std::str::FromStr;
@@ -11,7 +16,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{redact_url, Error, Record};
+pub use crate::delivery::Settlement;
+use crate::error::Error;
+use crate::record::Record;
+use crate::urls::redact_url;
+use replication::ReplicationSlot;
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -199,15 +208,11 @@ impl Store {
     pub async fn status(&self) -> Result<Status, Error> {
         match self {
             Store::Postgres(pool) => {
-                #[allow(unused_mut)]
                 let mut status = postgres::status(pool).await?;
-                #[cfg(feature = "cdc")]
-                {
-                    // Best effort: a hot standby server cannot compute the lag.
-                    match crate::source::cdc::slot::replication_slots(pool).await {
-                        Ok(slots) => status.replication_slots = slots,
-                        Err(e) => tracing::debug!(error = %e, "cannot read replication slots"),
-                    }
+                // Best effort: a hot standby server cannot compute the lag.
+                match replication::replication_slots(pool).await {
+                    Ok(slots) => status.replication_slots = slots,
+                    Err(e) => tracing::debug!(error = %e, "cannot read replication slots"),
                 }
                 Ok(status)
             }
@@ -332,26 +337,6 @@ enum Hold {
     Sqlite(sqlx::SqlitePool),
 }
 
-/// What happened to each claimed event.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Settlement {
-    /// Acknowledged by the sink: mark published.
-    pub published: Vec<i64>,
-    /// Failed: count the attempt, keep `error`, try again after `delay`.
-    pub retry: Vec<(i64, Duration, String)>,
-    /// Give up: move to the dead-letter table with `error`.
-    pub dead: Vec<(i64, String)>,
-    /// Delete published rows instead of setting `published_at` (delete-on-publish mode).
-    pub delete_published: bool,
-}
-
-impl Settlement {
-    /// True when nothing needs writing.
-    pub fn is_empty(&self) -> bool {
-        self.published.is_empty() && self.retry.is_empty() && self.dead.is_empty()
-    }
-}
-
 impl Claim {
     pub(crate) fn new(records: Vec<Record>, contended: bool, next_due: Option<Duration>) -> Self {
         Claim {
@@ -397,13 +382,8 @@ pub struct Status {
     pub dead_letters: i64,
     /// PostgreSQL: the database's logical replication slots (the CDC source's), with their
     /// replication lag in bytes.
-    #[cfg(feature = "cdc")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub replication_slots: Vec<crate::source::cdc::ReplicationSlot>,
-    /// Without the `cdc` feature: always empty.
-    #[cfg(not(feature = "cdc"))]
-    #[serde(skip)]
-    pub replication_slots: Vec<()>,
+    pub replication_slots: Vec<ReplicationSlot>,
 }
 
 impl Status {

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::{parse_json, truncate_error, Claim, DeadLetter, Hold, Partition, Settlement, Status};
 use crate::error::db;
-use crate::{Error, Record};
+use crate::error::Error;
+use crate::record::Record;
 
 /// One statement claims a batch:
 ///

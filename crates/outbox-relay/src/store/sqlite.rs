@@ -14,7 +14,8 @@ use super::{
     parse_json, truncate_error, Claim, ConnectOptions, DeadLetter, Hold, Settlement, Status,
 };
 use crate::error::db;
-use crate::{Error, Record};
+use crate::error::Error;
+use crate::record::Record;
 
 /// How long a relay's lease lasts without renewal.
 const LEASE: Duration = Duration::from_secs(15);

@@ -1,5 +1,6 @@
 //! The delivery side of a CDC session: takes events in commit order, delivers them in rounds
-//! through [`crate::relay::deliver`], retries failures in memory, writes dead letters, and
+//! through [`crate::delivery::deliver`], retries failures in memory (the retry / dead-letter
+//! decision is [`crate::delivery::judge`], as for the polling relay), writes dead letters, and
 //! works out how far the slot may be confirmed.
 //!
 //! Bookkeeping: every stream transaction (and every keep-alive position between transactions)
@@ -12,15 +13,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::rows::Event;
-use crate::relay::{deliver, Outcome};
-use crate::sink::{ErrorKind, Sink};
-use crate::store::truncate_error;
-use crate::{Error, Record, RetryPolicy, Router, Stats};
+use crate::delivery::{deliver, judge, Outcome, Verdict};
+use crate::record::Record;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::route::Router;
+use crate::sink::Sink;
+use crate::stats::Stats;
+use crate::store::cdc::{insert_dead_letters, refresh_blocks, Block, Blocked, DeadLetterRow};
 
 /// What the reader hands to the engine, in stream order.
 #[derive(Debug)]
@@ -66,16 +70,6 @@ impl Round {
     }
 }
 
-/// The first dead letter of an aggregate: later events of it wait behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Block {
-    pub seq: i64,
-    pub id: Uuid,
-}
-
-/// Aggregates with a dead letter, by (aggregate_type, aggregate_id).
-pub(crate) type Blocked = HashMap<(String, String), Block>;
-
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
@@ -84,7 +78,7 @@ pub(crate) struct EngineConfig {
     pub max_buffered: usize,
     pub retry: RetryPolicy,
     pub dead_letters_block: bool,
-    /// The statement that writes dead letters (see [`dead_letter_sql`]).
+    /// The statement that writes dead letters ([`crate::store::cdc::dead_letter_sql`]).
     pub dead_letter_sql: String,
 }
 
@@ -104,7 +98,8 @@ pub(crate) struct Engine {
     parked: HashMap<(String, String), Parked>,
     dead: Vec<(Event, String)>,
     dead_retry_at: Option<Instant>,
-    dead_failures: u32,
+    /// Pause after a failed dead-letter write.
+    dead_backoff: Backoff,
     buffered: usize,
     confirmed: u64,
     rounds: u64,
@@ -143,7 +138,7 @@ impl Engine {
             parked: HashMap::new(),
             dead: Vec::new(),
             dead_retry_at: None,
-            dead_failures: 0,
+            dead_backoff: Backoff::new(Duration::from_millis(400), Duration::from_secs(5)),
             buffered: 0,
             confirmed,
             rounds: 0,
@@ -322,7 +317,8 @@ impl Engine {
             self.admit(id, now, ev, &mut batch);
         }
         if !candidates.is_empty() {
-            match refresh_blocks(p.pool, &candidates, blocked).await {
+            let aggregates = candidates.iter().map(Event::origin_key);
+            match refresh_blocks(p.pool, aggregates, blocked).await {
                 Ok(()) => {
                     for ev in candidates {
                         match blocked.get(&ev.origin_key()) {
@@ -405,18 +401,8 @@ impl Engine {
                 }
                 (Outcome::Failed(e), None) => {
                     ev.attempts = ev.attempts.saturating_add(1);
-                    let reason = if e.kind == ErrorKind::Permanent {
-                        Some(e.message.clone())
-                    } else if p.config.retry.exhausted(ev.attempts) {
-                        Some(format!(
-                            "gave up after {} attempts: {}",
-                            ev.attempts, e.message
-                        ))
-                    } else {
-                        None
-                    };
-                    match reason {
-                        Some(reason) => {
+                    match judge(&e, ev.attempts, &p.config.retry) {
+                        Verdict::DeadLetter { reason } => {
                             tracing::warn!(id = %ev.origin().id, attempts = ev.attempts, error = %e, "event cannot be delivered; moving it to the dead-letter table");
                             let o = ev.origin();
                             if p.config.dead_letters_block {
@@ -428,13 +414,8 @@ impl Engine {
                             fates.insert(key, Fate::Dead(o.id));
                             self.dead.push((ev, reason));
                         }
-                        None => {
+                        Verdict::Retry { delay } => {
                             first_error.get_or_insert_with(|| e.message.clone());
-                            let delay = p
-                                .config
-                                .retry
-                                .delay(ev.attempts)
-                                .max(e.retry_after.unwrap_or(Duration::ZERO));
                             failed += 1;
                             fates.insert(key.clone(), Fate::Parked);
                             self.parked.insert(
@@ -512,180 +493,35 @@ impl Engine {
     /// Writes pending dead letters in one statement; they count as done once written.
     async fn write_dead(&mut self, p: &Parts<'_>) {
         let dead = std::mem::take(&mut self.dead);
-        match insert_dead_letters(p.pool, &p.config.dead_letter_sql, &dead).await {
+        let rows: Vec<DeadLetterRow<'_>> = dead
+            .iter()
+            .map(|(ev, why)| DeadLetterRow {
+                record: ev.origin(),
+                attempts: ev.attempts,
+                error: why,
+            })
+            .collect();
+        let written = insert_dead_letters(p.pool, &p.config.dead_letter_sql, &rows).await;
+        drop(rows);
+        match written {
             Ok(()) => {
                 let n = dead.len();
                 for (ev, _) in &dead {
                     self.done(ev);
                 }
-                self.dead_failures = 0;
+                self.dead_backoff.reset();
                 self.dead_retry_at = None;
                 p.stats.settled(0, 0, n);
             }
             Err(e) => {
                 p.stats.error();
-                self.dead_failures = self.dead_failures.saturating_add(1);
-                let pause = Duration::from_millis(200 * 2u64.pow(self.dead_failures.min(5)))
-                    .min(Duration::from_secs(5));
+                let pause = self.dead_backoff.fail();
                 tracing::warn!(error = %e, events = dead.len(), retry_in = ?pause, "writing dead letters failed; will retry (the slot is not confirmed past them)");
                 self.dead_retry_at = Some(Instant::now() + pause);
                 self.dead = dead;
             }
         }
     }
-}
-
-fn json_or_string(text: &str) -> String {
-    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
-        text.to_string()
-    } else {
-        serde_json::Value::String(text.to_string()).to_string()
-    }
-}
-
-/// The statement that moves events into the dead-letter table: the same rows the polling
-/// relay's settle statement writes, and, as there, the rows leave the captured table (matched
-/// on `(table, id column, is uuid)`), so `outbox dlq replay` can insert them again.
-pub(crate) fn dead_letter_sql(tables: &[(super::slot::TableName, String, bool)]) -> String {
-    let mut sql = String::new();
-    for (i, (table, id, is_uuid)) in tables.iter().enumerate() {
-        sql.push_str(if i == 0 { "WITH " } else { ", " });
-        let column = super::slot::quote_ident(id);
-        let cond = if *is_uuid {
-            format!("{column} = ANY($1::uuid[])")
-        } else {
-            format!("{column}::text = ANY($1::uuid[]::text[])")
-        };
-        sql.push_str(&format!(
-            "moved_{i} AS (DELETE FROM {} WHERE {cond})\n",
-            table.quoted()
-        ));
-    }
-    sql.push_str(
-        "INSERT INTO outbox_dead_letter
-             (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-              created_at, retry_count, error)
-         SELECT u.id, u.seq, u.t, u.a, u.e, u.p::jsonb, u.h::jsonb, u.c, u.r, u.err
-         FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::timestamptz[], $9::int4[], $10::text[])
-              AS u(id, seq, t, a, e, p, h, c, r, err)",
-    );
-    sql
-}
-
-async fn insert_dead_letters(
-    pool: &PgPool,
-    sql: &str,
-    dead: &[(Event, String)],
-) -> Result<(), Error> {
-    let n = dead.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut seqs = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut aggs = Vec::with_capacity(n);
-    let mut events = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut headers: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut retries = Vec::with_capacity(n);
-    let mut errors = Vec::with_capacity(n);
-    for (ev, why) in dead {
-        let o = ev.origin();
-        ids.push(o.id);
-        seqs.push(o.seq);
-        types.push(o.aggregate_type.clone());
-        aggs.push(o.aggregate_id.clone());
-        events.push(o.event_type.clone());
-        payloads.push(json_or_string(&o.payload));
-        headers.push(
-            o.headers
-                .as_deref()
-                .filter(|h| serde_json::from_str::<serde::de::IgnoredAny>(h).is_ok())
-                .map(str::to_string),
-        );
-        created.push(o.created_at);
-        retries.push(i32::try_from(ev.attempts).unwrap_or(i32::MAX));
-        errors.push(truncate_error(why));
-    }
-    sqlx::query(sql)
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(&types)
-        .bind(&aggs)
-        .bind(&events)
-        .bind(&payloads)
-        .bind(&headers)
-        .bind(&created)
-        .bind(&retries)
-        .bind(&errors)
-        .execute(pool)
-        .await
-        .map_err(crate::error::db)?;
-    Ok(())
-}
-
-/// Re-reads the first dead letter of the candidates' aggregates (a replay or purge may have
-/// removed it since).
-async fn refresh_blocks(
-    pool: &PgPool,
-    candidates: &[Event],
-    blocked: &mut Blocked,
-) -> Result<(), Error> {
-    let mut keys: Vec<(String, String)> = candidates.iter().map(Event::origin_key).collect();
-    keys.sort();
-    keys.dedup();
-    let (types, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let rows = sqlx::query(
-        "SELECT u.t, u.i, d.seq, d.original_id
-         FROM unnest($1::text[], $2::text[]) AS u(t, i)
-         LEFT JOIN LATERAL (
-             SELECT seq, original_id FROM outbox_dead_letter
-             WHERE aggregate_type = u.t AND aggregate_id = u.i
-             ORDER BY seq LIMIT 1) d ON true",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .fetch_all(pool)
-    .await
-    .map_err(crate::error::db)?;
-    for row in rows {
-        let key: (String, String) = (row.try_get("t")?, row.try_get("i")?);
-        let seq: Option<i64> = row.try_get("seq")?;
-        let id: Option<Uuid> = row.try_get("original_id")?;
-        match (seq, id) {
-            (Some(seq), Some(id)) => {
-                blocked.insert(key, Block { seq, id });
-            }
-            _ => {
-                blocked.remove(&key);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every aggregate with a dead letter, with its first one.
-pub(crate) async fn load_blocks(pool: &PgPool) -> Result<Blocked, Error> {
-    let rows = sqlx::query(
-        "SELECT DISTINCT ON (aggregate_type, aggregate_id)
-                aggregate_type, aggregate_id, seq, original_id
-         FROM outbox_dead_letter
-         ORDER BY aggregate_type, aggregate_id, seq",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(crate::error::db)?;
-    let mut out = Blocked::with_capacity(rows.len());
-    for row in rows {
-        out.insert(
-            (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
-            Block {
-                seq: row.try_get("seq")?,
-                id: row.try_get("original_id")?,
-            },
-        );
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! From decoded rows to relay events: the contract's columns (routed later by the [`Router`])
 //! or Debezium's EventRouter (routed here, carried to the sink as a pre-routed record).
-//!
-//! [`Router`]: crate::Router
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +8,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::pgoutput::{Datum, Relation};
-use super::slot::TableName;
+use crate::store::replication::TableName;
 use crate::route::debezium::{BoundColumns, EventRouterOptions, Routed};
-use crate::Record;
+use crate::record::Record;
+use crate::route::{Envelope, Router, Template};
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -20,9 +19,9 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// How rows become messages.
 #[derive(Debug, Clone)]
 pub enum CdcRouting {
-    /// The outbox contract's columns, routed by a [`crate::Router`] (topic template, envelope)
+    /// The outbox contract's columns, routed by a [`Router`] (topic template, envelope)
     /// as the polling source does.
-    Router(crate::Router),
+    Router(Router),
     /// Debezium's outbox EventRouter options.
     EventRouter(EventRouterOptions),
 }
@@ -32,7 +31,7 @@ pub enum CdcRouting {
 pub(crate) struct Event {
     /// The stream transaction it belongs to (the reader's numbering).
     pub txn: u64,
-    /// What [`crate::relay::deliver`] routes: the row itself (contract routing) or the
+    /// What [`crate::delivery::deliver`] routes: the row itself (contract routing) or the
     /// pre-routed message (EventRouter: `aggregate_type` = topic, `aggregate_id` = key,
     /// `payload` = value, `headers` = headers besides `id`).
     pub record: Record,
@@ -397,11 +396,11 @@ fn prerouted(r: Routed, origin: &Record) -> Result<Record, String> {
 
 /// The router that turns pre-routed records back into their messages: topic = the record's
 /// `aggregate_type`, key = `aggregate_id`, value = `payload` as is, header `id` + `headers`.
-pub(crate) fn prerouted_router() -> crate::Router {
-    match crate::route::Template::parse("{aggregate_type}") {
-        Ok(t) => crate::Router::new(t, crate::route::Envelope::Debezium),
+pub(crate) fn prerouted_router() -> Router {
+    match Template::parse("{aggregate_type}") {
+        Ok(t) => Router::new(t, Envelope::Debezium),
         // The template is a constant that parses; keep a router that behaves the same.
-        Err(_) => crate::Router::with_default_topic(crate::route::Envelope::Debezium),
+        Err(_) => Router::with_default_topic(Envelope::Debezium),
     }
 }
 
@@ -462,7 +461,7 @@ mod tests {
     #[test]
     fn contract_rows_become_records() {
         let mut m = RowMapper::new(
-            Arc::new(CdcRouting::Router(crate::Router::default())),
+            Arc::new(CdcRouting::Router(Router::default())),
             table(),
         );
         m.relation(&relation(&CONTRACT));
@@ -512,7 +511,7 @@ mod tests {
     #[test]
     fn a_table_missing_columns_dead_letters_its_rows() {
         let mut m = RowMapper::new(
-            Arc::new(CdcRouting::Router(crate::Router::default())),
+            Arc::new(CdcRouting::Router(Router::default())),
             table(),
         );
         m.relation(&relation(&[("id", 2950), ("payload", 3802)]));
@@ -521,7 +520,7 @@ mod tests {
             .unwrap();
         assert!(e.invalid.unwrap().contains("no column aggregate_type"));
         assert!(RowMapper::check_columns(
-            &CdcRouting::Router(crate::Router::default()),
+            &CdcRouting::Router(Router::default()),
             &[("id", 2950)]
         )
         .is_err());

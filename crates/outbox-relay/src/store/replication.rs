@@ -1,12 +1,12 @@
-//! The control plane of the CDC source, over an ordinary SQL connection: pre-flight checks
-//! (`wal_level`, the REPLICATION privilege, the table's columns), the publication and the
-//! logical replication slot (created when missing), who holds the slot, the replication lag,
-//! and heartbeats.
+//! PostgreSQL logical replication, over an ordinary SQL connection: the CDC source's control
+//! plane (pre-flight checks of `wal_level`, the REPLICATION privilege and the captured tables'
+//! columns; the publication and the slot, created when missing; who holds the slot; heartbeats)
+//! and what `outbox status` shows of the database's slots (their lag).
 
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Prefix of the heartbeat messages the relay writes into the WAL.
 pub const HEARTBEAT_PREFIX: &str = "outbox-relay-heartbeat";

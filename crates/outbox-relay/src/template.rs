@@ -4,7 +4,8 @@
 //! and routing key): those templates are parsed with [`Template::parse_for_message`], which also
 //! accepts `{topic}`, and rendered with [`Template::render_message`].
 
-use crate::{Message, Record};
+use crate::message::Message;
+use crate::record::Record;
 
 /// A compiled topic (subject, routing key, stream) template.
 ///

@@ -1,0 +1,111 @@
+//! The URLs the relay is given (database, sinks): secrets masked for logs and errors,
+//! credentials percent-decoded, boolean query parameters.
+
+use std::borrow::Cow;
+
+/// Replaces the password of a URL, and the values of query parameters whose names say
+/// `password`, `secret` or `token`, with `***`, for logs and error messages.
+///
+/// ```
+/// assert_eq!(
+///     outbox_relay::redact_url("postgres://app:s3cret@db:5432/shop"),
+///     "postgres://app:***@db:5432/shop"
+/// );
+/// assert_eq!(
+///     outbox_relay::redact_url("kafka://k:9093?sasl.username=app&sasl.password=s3cret"),
+///     "kafka://k:9093?sasl.username=app&sasl.password=***"
+/// );
+/// assert_eq!(outbox_relay::redact_url("sqlite:demo.db"), "sqlite:demo.db");
+/// ```
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            // Secrets passed as parameters (`sasl.password=…`, `token=…`) are masked too.
+            let secret = |k: &str| {
+                let k = k.to_ascii_lowercase();
+                ["password", "secret", "token"]
+                    .iter()
+                    .any(|s| k.contains(s))
+            };
+            let secret_query = u.query_pairs().any(|(k, _)| secret(&k));
+            if u.password().is_none() && !secret_query {
+                return raw.to_string();
+            }
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if secret_query {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        // Not a URL we can parse: never echo something that may hold a secret after '@'.
+        Err(_) => match raw.rfind('@') {
+            Some(at) => match raw[..at].find("://") {
+                Some(scheme) => format!("{}://***@{}", &raw[..scheme], &raw[at + 1..]),
+                None => format!("***@{}", &raw[at + 1..]),
+            },
+            None => raw.to_string(),
+        },
+    }
+}
+
+/// Decodes the `%XX` escapes of a URL part (a user name, a password, a vhost) with the
+/// `percent-encoding` crate. `None` for a malformed escape (`%` not followed by two hex digits:
+/// in credentials that is a typo, refused rather than guessed) or bytes that are not UTF-8.
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "mqtt", feature = "cdc")),
+    allow(dead_code)
+)]
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let hex = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    let malformed = b
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'%' && !(hex(i + 1) && hex(i + 2)));
+    if malformed {
+        return None;
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
+}
+
+/// Parses a boolean parameter: `true`/`1`/`yes` or `false`/`0`/`no`.
+#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+pub(crate) fn boolean(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!("{name}={other:?} is not true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_and_escapes() {
+        assert_eq!(boolean("x", "yes"), Ok(true));
+        assert_eq!(boolean("x", "0"), Ok(false));
+        assert!(boolean("x", "maybe").is_err());
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
