@@ -162,7 +162,11 @@ fn relay_modules_use_only_lower_layers() {
     let reexports = root_reexports(&lib);
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    assert!(files.len() > 20, "found only {} files in {src:?}", files.len());
+    assert!(
+        files.len() > 20,
+        "found only {} files in {src:?}",
+        files.len()
+    );
     let mut violations = Vec::new();
     for file in &files {
         let module = module_of(&src, file);
@@ -170,7 +174,9 @@ fn relay_modules_use_only_lower_layers() {
             continue; // lib.rs: the crate root re-exports every layer
         }
         let Some((layer, name)) = layer_of(&module) else {
-            violations.push(format!("{module}: not in any layer of tests/architecture.rs"));
+            violations.push(format!(
+                "{module}: not in any layer of tests/architecture.rs"
+            ));
             continue;
         };
         let text = fs::read_to_string(file).expect("read source file");
@@ -239,7 +245,10 @@ fn no_command_uses_another() {
 fn no_code_file_is_over_600_lines() {
     let mut files = Vec::new();
     rust_files(&root().join("src"), &mut files);
-    for krate in fs::read_dir(root().join("crates")).expect("crates/").flatten() {
+    for krate in fs::read_dir(root().join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
         rust_files(&krate.path().join("src"), &mut files);
     }
     let long: Vec<String> = files

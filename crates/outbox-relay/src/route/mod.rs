@@ -5,8 +5,8 @@ pub mod envelope;
 
 use bytes::Bytes;
 
-pub use envelope::Envelope;
 pub use crate::template::Template;
+pub use envelope::Envelope;
 
 use crate::message::Message;
 use crate::record::Record;

@@ -58,7 +58,11 @@ pub(super) fn wire_error(e: PgWireError, url: &str) -> Error {
 }
 
 /// The replication connection's settings from the database URL.
-pub(super) fn replication_config(url: &str, o: &CdcOptions, start: u64) -> Result<ReplicationConfig, Error> {
+pub(super) fn replication_config(
+    url: &str,
+    o: &CdcOptions,
+    start: u64,
+) -> Result<ReplicationConfig, Error> {
     use sqlx::postgres::{PgConnectOptions, PgSslMode};
     let redacted = redact_url(url);
     let opts = PgConnectOptions::from_str(url)
@@ -74,7 +78,10 @@ pub(super) fn replication_config(url: &str, o: &CdcOptions, start: u64) -> Resul
             opts.get_ssl_mode()
         )));
     }
-    let password = match url::Url::parse(url).ok().and_then(|u| u.password().map(str::to_string)) {
+    let password = match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
         Some(p) => percent_decode(&p).ok_or_else(|| {
             Error::Config(format!(
                 "{redacted}: the password is not valid percent-encoding (write % as %25)"

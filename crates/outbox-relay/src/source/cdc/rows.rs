@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::pgoutput::{Datum, Relation};
-use crate::store::replication::TableName;
-use crate::route::debezium::{BoundColumns, EventRouterOptions, Routed};
 use crate::record::Record;
+use crate::route::debezium::{BoundColumns, EventRouterOptions, Routed};
 use crate::route::{Envelope, Router, Template};
+use crate::store::replication::TableName;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -460,10 +460,7 @@ mod tests {
 
     #[test]
     fn contract_rows_become_records() {
-        let mut m = RowMapper::new(
-            Arc::new(CdcRouting::Router(Router::default())),
-            table(),
-        );
+        let mut m = RowMapper::new(Arc::new(CdcRouting::Router(Router::default())), table());
         m.relation(&relation(&CONTRACT));
         let e = m.insert(1, &row(ID, r#"{"a": 1}"#), &COMMIT).unwrap();
         assert!(e.invalid.is_none());
@@ -510,19 +507,15 @@ mod tests {
 
     #[test]
     fn a_table_missing_columns_dead_letters_its_rows() {
-        let mut m = RowMapper::new(
-            Arc::new(CdcRouting::Router(Router::default())),
-            table(),
-        );
+        let mut m = RowMapper::new(Arc::new(CdcRouting::Router(Router::default())), table());
         m.relation(&relation(&[("id", 2950), ("payload", 3802)]));
         let e = m
             .insert(1, &tuple(&[Col::Text(ID), Col::Text("{}")]), &COMMIT)
             .unwrap();
         assert!(e.invalid.unwrap().contains("no column aggregate_type"));
-        assert!(RowMapper::check_columns(
-            &CdcRouting::Router(Router::default()),
-            &[("id", 2950)]
-        )
-        .is_err());
+        assert!(
+            RowMapper::check_columns(&CdcRouting::Router(Router::default()), &[("id", 2950)])
+                .is_err()
+        );
     }
 }

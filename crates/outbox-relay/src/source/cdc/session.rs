@@ -524,4 +524,3 @@ fn slot_busy(slot: &str, pid: &str) -> Error {
          choose another --slot, or let this relay stand by ([cdc] standby = true)"
     )))
 }
-
