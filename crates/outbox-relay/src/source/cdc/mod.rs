@@ -28,6 +28,7 @@
 //! * The CDC relay never updates outbox rows (no `published_at`): cleaning the table is the
 //!   application's job (Debezium users often delete in the same transaction).
 
+pub mod connector;
 pub mod pgoutput;
 pub mod slot;
 
@@ -47,6 +48,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use connector::Connector;
 pub use rows::CdcRouting;
 pub use slot::{ReplicationSlot, TableName};
 
