@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use outbox_relay::redact_url;
-use outbox_relay::route::debezium::{Connector, EventRouterOptions};
+use outbox_relay::route::debezium::EventRouterOptions;
 use outbox_relay::sink;
-use outbox_relay::source::cdc::{CdcOptions, CdcRelay, CdcRouting, TableName};
+use outbox_relay::source::cdc::{CdcOptions, CdcRelay, CdcRouting, Connector, TableName};
 use outbox_relay::store::{ConnectOptions, Store};
 use tokio_util::sync::CancellationToken;
 

@@ -34,6 +34,7 @@
 //!   application's job (Debezium users often delete in the same transaction).
 
 mod config;
+pub mod connector;
 mod engine;
 pub mod pgoutput;
 mod reader;
@@ -41,6 +42,7 @@ mod rows;
 mod session;
 
 pub use config::CdcOptions;
+pub use connector::Connector;
 pub use rows::CdcRouting;
 pub use session::{CdcRelay, CdcState};
 
