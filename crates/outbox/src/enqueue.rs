@@ -1,3 +1,6 @@
+//! `enqueue`: writes an [`Event`] into the outbox table on the caller's connection or transaction
+//! (PostgreSQL or SQLite), so it commits or rolls back with the business rows.
+
 use std::future::Future;
 use std::pin::Pin;
 

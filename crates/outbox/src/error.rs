@@ -1,3 +1,5 @@
+//! The library's error type.
+
 /// Errors returned by this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,3 +1,6 @@
+//! [`Event`]: one event as the application builds it (aggregate, type, JSON payload, headers),
+//! before [`crate::enqueue`] writes it as an outbox row.
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
