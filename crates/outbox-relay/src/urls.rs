@@ -1,7 +1,9 @@
 //! The URLs the relay is given (database, sinks): secrets masked for logs and errors,
-//! credentials percent-decoded, boolean query parameters.
+//! credentials percent-decoded, and a sink URL's query parameters read one way everywhere.
 
 use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
 
 /// Replaces the password of a URL, and the values of query parameters whose names say
 /// `password`, `secret` or `token`, with `***`, for logs and error messages.
@@ -85,13 +87,81 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Parses a boolean parameter: `true`/`1`/`yes` or `false`/`0`/`no`.
-#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
-pub(crate) fn boolean(name: &str, value: &str) -> Result<bool, String> {
+fn boolean(name: &str, value: &str) -> Result<bool, String> {
     match value {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
         other => Err(format!("{name}={other:?} is not true or false")),
     }
+}
+
+/// One query parameter of a sink URL, with typed readers whose errors name it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Param<'a> {
+    /// The parameter's name.
+    pub name: &'a str,
+    /// Its (decoded) value.
+    pub value: &'a str,
+}
+
+// Each sink reads a different subset: without some sink features, some readers are unused.
+#[allow(dead_code)]
+impl Param<'_> {
+    /// The value as it is.
+    pub fn text(&self) -> String {
+        self.value.to_string()
+    }
+
+    /// A duration (`500ms`, `5s`).
+    pub fn duration(&self) -> Result<Duration, String> {
+        crate::duration::parse(self.value).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// `true`/`1`/`yes` or `false`/`0`/`no`.
+    pub fn boolean(&self) -> Result<bool, String> {
+        boolean(self.name, self.value)
+    }
+
+    /// A number (or anything `FromStr`); `what` says what was expected ("a whole number").
+    pub fn number<T: FromStr>(&self, what: &str) -> Result<T, String> {
+        self.value
+            .parse()
+            .map_err(|_| format!("{}={:?} is not {what}", self.name, self.value))
+    }
+}
+
+/// Reads a sink URL's query parameters, in order, with `apply`, which returns `Ok(false)` for a
+/// name it does not know. A bad value or an unknown name is a configuration error made by
+/// `bad` (which says which URL); an unknown name's error lists the `known` ones.
+#[cfg_attr(
+    not(any(
+        feature = "nats",
+        feature = "kafka",
+        feature = "amqp",
+        feature = "redis",
+        feature = "mqtt"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn apply_params<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+    known: &str,
+    bad: impl Fn(String) -> crate::Error,
+    mut apply: impl FnMut(Param<'_>) -> Result<bool, String>,
+) -> Result<(), crate::Error> {
+    for (k, v) in pairs {
+        let param = Param {
+            name: k.as_ref(),
+            value: v.as_ref(),
+        };
+        if !apply(param).map_err(&bad)? {
+            return Err(bad(format!(
+                "unknown parameter {:?} (known: {known})",
+                param.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -101,6 +171,24 @@ mod tests {
     #[test]
     fn booleans_and_escapes() {
         assert_eq!(boolean("x", "yes"), Ok(true));
+        let p = Param {
+            name: "n",
+            value: "7s",
+        };
+        assert_eq!(p.duration(), Ok(Duration::from_secs(7)));
+        assert_eq!(
+            p.number::<u32>("a whole number"),
+            Err(r#"n="7s" is not a whole number"#.to_string())
+        );
+        let e = apply_params([("n", "1"), ("m", "2")], "n", crate::Error::Config, |p| {
+            Ok(p.name == "n")
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(r#"unknown parameter "m" (known: n)"#),
+            "{e}"
+        );
         assert_eq!(boolean("x", "0"), Ok(false));
         assert!(boolean("x", "maybe").is_err());
         assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));

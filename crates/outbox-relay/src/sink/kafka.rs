@@ -30,6 +30,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use super::{Message, Sink, SinkError};
+use crate::urls::apply_params;
 
 /// Kafka settings (config section `[kafka]`; URL query parameters override them).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -149,37 +150,24 @@ impl KafkaSink {
     pub async fn connect(url: &str, options: &KafkaOptions) -> Result<Self, crate::Error> {
         let parsed = parse_url(url)?;
         let mut options = options.clone();
-        for (k, v) in parsed.query {
-            let bad =
-                |what: &str| crate::Error::Config(format!("Kafka URL: {k}={v:?} is not {what}"));
-            match k.as_str() {
-                "partitions" => {
-                    options.partitions = v.parse().map_err(|_| bad("a number of partitions"))?
-                }
+        let bad = |m: String| crate::Error::Config(format!("Kafka URL: {m}"));
+        let known = "partitions, replication_factor, create_topics, message_timeout, or a \
+                     librdkafka property such as linger.ms";
+        apply_params(parsed.query.iter().map(|(k, v)| (k, v)), known, bad, |p| {
+            match p.name {
+                "partitions" => options.partitions = p.number("a number of partitions")?,
                 "replication_factor" => {
-                    options.replication_factor =
-                        v.parse().map_err(|_| bad("a replication factor"))?
+                    options.replication_factor = p.number("a replication factor")?
                 }
-                "create_topics" => {
-                    options.create_topics = v.parse().map_err(|_| bad("true or false"))?
-                }
-                "message_timeout" => {
-                    options.message_timeout = crate::duration::parse(&v).map_err(|e| {
-                        crate::Error::Config(format!("Kafka URL: message_timeout: {e}"))
-                    })?
-                }
+                "create_topics" => options.create_topics = p.boolean()?,
+                "message_timeout" => options.message_timeout = p.duration()?,
                 property if property.contains('.') => {
-                    options.producer.insert(property.to_string(), v);
+                    options.producer.insert(property.to_string(), p.text());
                 }
-                other => {
-                    return Err(crate::Error::Config(format!(
-                        "Kafka URL: unknown parameter {other:?} (known: partitions, \
-                         replication_factor, create_topics, message_timeout, or a librdkafka \
-                         property such as linger.ms)"
-                    )))
-                }
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         validate_options(&options)?;
         let config = producer_config(&parsed.bootstrap, &options);
         let producer: KafkaProducer = config

@@ -17,6 +17,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 
 use super::{Message, Sink, SinkError};
+use crate::urls::apply_params;
 
 /// NATS JetStream settings (config section `[nats]`, or URL query `?stream=NAME`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -66,20 +67,15 @@ impl NatsSink {
             )));
         }
         let mut options = options.clone();
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "stream" => options.stream = v.into_owned(),
-                "ack_timeout" => {
-                    options.ack_timeout = crate::duration::parse(&v)
-                        .map_err(|e| crate::Error::Config(format!("NATS URL: ack_timeout: {e}")))?
-                }
-                other => {
-                    return Err(crate::Error::Config(format!(
-                        "NATS URL: unknown parameter {other:?} (known: stream, ack_timeout)"
-                    )))
-                }
+        let bad = |m: String| crate::Error::Config(format!("NATS URL: {m}"));
+        apply_params(parsed.query_pairs(), "stream, ack_timeout", bad, |p| {
+            match p.name {
+                "stream" => options.stream = p.text(),
+                "ack_timeout" => options.ack_timeout = p.duration()?,
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         if options.stream.is_empty() || options.stream.contains(['.', ' ', '*', '>', '\t']) {
             return Err(crate::Error::Config(format!(
                 "NATS stream name {:?} is invalid: no spaces, '.', '*' or '>'",

@@ -26,6 +26,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
 use super::{Message, Sink, SinkError};
+use crate::urls::apply_params;
 
 /// Redis Streams settings (config section `[redis]`; URL query parameters override them).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -83,27 +84,18 @@ impl RedisSink {
             )));
         }
         let mut options = options.clone();
-        for (k, v) in parsed.query_pairs() {
-            let bad =
-                |what: &str| crate::Error::Config(format!("Redis URL: {k}={v:?} is not {what}"));
-            match k.as_ref() {
-                "maxlen" => options.maxlen = Some(v.parse().map_err(|_| bad("a stream length"))?),
-                "maxlen_exact" => {
-                    options.maxlen_exact = v.parse().map_err(|_| bad("true or false"))?
-                }
-                "timeout" => {
-                    options.timeout = crate::duration::parse(&v)
-                        .map_err(|e| crate::Error::Config(format!("Redis URL: timeout: {e}")))?
-                }
-                "ca_file" => options.ca_file = Some(v.into_owned().into()),
-                other => {
-                    return Err(crate::Error::Config(format!(
-                        "Redis URL: unknown parameter {other:?} \
-                         (known: maxlen, maxlen_exact, timeout, ca_file)"
-                    )))
-                }
+        let bad = |m: String| crate::Error::Config(format!("Redis URL: {m}"));
+        let known = "maxlen, maxlen_exact, timeout, ca_file";
+        apply_params(parsed.query_pairs(), known, bad, |p| {
+            match p.name {
+                "maxlen" => options.maxlen = Some(p.number("a stream length")?),
+                "maxlen_exact" => options.maxlen_exact = p.boolean()?,
+                "timeout" => options.timeout = p.duration()?,
+                "ca_file" => options.ca_file = Some(p.text().into()),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         if options.maxlen == Some(0) {
             return Err(crate::Error::Config(
                 "redis.maxlen must be at least 1 (leave it out for unbounded streams)".into(),

@@ -36,9 +36,7 @@ impl Wakeups {
     /// itself; after a reconnect it wakes everyone, since notifications may have been missed.
     pub async fn start(store: &Store, shutdown: CancellationToken) -> Result<Wakeups, Error> {
         let (tx, rx) = watch::channel(0u64);
-        if let Some(pool) = store.pg_pool() {
-            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-            listener.listen(outbox::NOTIFY_CHANNEL).await?;
+        if let Some(mut listener) = store.listen().await? {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {

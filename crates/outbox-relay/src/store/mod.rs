@@ -288,6 +288,18 @@ impl Store {
         }
     }
 
+    /// A connection that hears the outbox table's wake-ups (`LISTEN outbox`, sent by its
+    /// trigger while a relay waits), on PostgreSQL; `None` on SQLite, which has none. The
+    /// listener reconnects by itself.
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>, Error> {
+        let Store::Postgres(pool) = self else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(outbox::NOTIFY_CHANNEL).await?;
+        Ok(Some(listener))
+    }
+
     /// The PostgreSQL pool, when this is PostgreSQL.
     pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
         match self {

@@ -7,7 +7,7 @@ use lapin::uri::{
     AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
 };
 
-use crate::urls::{boolean, percent_decode};
+use crate::urls::{apply_params, percent_decode};
 
 /// RabbitMQ (AMQP 0.9.1) settings (config section `[amqp]`; URL query parameters of the same
 /// names override them).
@@ -102,62 +102,42 @@ pub(super) fn parse_url(
     };
     let mut options = options.clone();
     let mut query = AMQPQueryString::default();
-    for (k, v) in parsed.query_pairs() {
-        let int = |what: &str| {
-            v.parse::<u64>()
-                .map_err(|_| bad(format!("{what}={v:?} is not a whole number")))
-        };
-        match k.as_ref() {
-            "exchange" => options.exchange = v.into_owned(),
-            "routing_key" => options.routing_key = v.into_owned(),
-            "exchange_type" => options.exchange_type = v.into_owned(),
-            "declare_exchange" => options.declare_exchange = boolean(&k, &v).map_err(bad)?,
-            "mandatory" => options.mandatory = boolean(&k, &v).map_err(bad)?,
-            "channels" => options.channels = int("channels")? as usize,
-            "max_message_size" => options.max_message_size = int("max_message_size")? as usize,
-            "ca_file" => options.ca_file = Some(v.into_owned().into()),
-            "confirm_timeout" => {
-                options.confirm_timeout =
-                    crate::duration::parse(&v).map_err(|e| bad(format!("confirm_timeout: {e}")))?
-            }
-            "connect_timeout" => {
-                options.connect_timeout =
-                    crate::duration::parse(&v).map_err(|e| bad(format!("connect_timeout: {e}")))?
-            }
+    let known = "exchange, routing_key, exchange_type, declare_exchange, mandatory, channels, \
+                 confirm_timeout, connect_timeout, max_message_size, ca_file, heartbeat, \
+                 frame_max, channel_max, auth_mechanism";
+    apply_params(parsed.query_pairs(), known, bad, |p| {
+        let int = || p.number::<u64>("a whole number");
+        match p.name {
+            "exchange" => options.exchange = p.text(),
+            "routing_key" => options.routing_key = p.text(),
+            "exchange_type" => options.exchange_type = p.text(),
+            "declare_exchange" => options.declare_exchange = p.boolean()?,
+            "mandatory" => options.mandatory = p.boolean()?,
+            "channels" => options.channels = int()? as usize,
+            "max_message_size" => options.max_message_size = int()? as usize,
+            "ca_file" => options.ca_file = Some(p.text().into()),
+            "confirm_timeout" => options.confirm_timeout = p.duration()?,
+            "connect_timeout" => options.connect_timeout = p.duration()?,
             "heartbeat" => {
-                query.heartbeat = Some(
-                    u16::try_from(int("heartbeat")?)
-                        .map_err(|_| bad("heartbeat is at most 65535 (seconds)".into()))?,
-                )
+                let n =
+                    u16::try_from(int()?).map_err(|_| "heartbeat is at most 65535 (seconds)")?;
+                query.heartbeat = Some(n)
             }
             "frame_max" => {
-                query.frame_max = Some(
-                    u32::try_from(int("frame_max")?)
-                        .map_err(|_| bad("frame_max is too large".into()))?,
-                )
+                query.frame_max = Some(u32::try_from(int()?).map_err(|_| "frame_max is too large")?)
             }
             "channel_max" => {
-                query.channel_max = Some(
-                    u16::try_from(int("channel_max")?)
-                        .map_err(|_| bad("channel_max is at most 65535".into()))?,
-                )
+                let n = u16::try_from(int()?).map_err(|_| "channel_max is at most 65535")?;
+                query.channel_max = Some(n)
             }
             "auth_mechanism" => {
-                query.auth_mechanism = Some(
-                    v.parse::<SASLMechanism>()
-                        .map_err(|e| bad(format!("auth_mechanism: {e}")))?,
-                )
+                let m = p.value.parse::<SASLMechanism>();
+                query.auth_mechanism = Some(m.map_err(|e| format!("auth_mechanism: {e}"))?)
             }
-            other => {
-                return Err(bad(format!(
-                    "unknown parameter {other:?} (known: exchange, routing_key, exchange_type, \
-                     declare_exchange, mandatory, channels, confirm_timeout, connect_timeout, \
-                     max_message_size, ca_file, heartbeat, frame_max, channel_max, \
-                     auth_mechanism)"
-                )))
-            }
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if options.ca_file.is_some() && scheme != AMQPScheme::AMQPS {
         return Err(bad("ca_file applies to amqps:// only".into()));
     }

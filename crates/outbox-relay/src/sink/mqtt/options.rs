@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rumqttc::v5::MqttOptions as ClientOptions;
 
-use crate::urls::{boolean, percent_decode};
+use crate::urls::{apply_params, percent_decode};
 
 /// MQTT settings (config section `[mqtt]`; URL query parameters of the same names override them).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -77,31 +77,22 @@ pub(super) fn parse_url(
         ));
     }
     let mut options = options.clone();
-    for (k, v) in parsed.query_pairs() {
-        let duration =
-            |what: &str| crate::duration::parse(&v).map_err(|e| bad(format!("{what}: {e}")));
-        match k.as_ref() {
-            "ack_timeout" => options.ack_timeout = duration("ack_timeout")?,
-            "connect_timeout" => options.connect_timeout = duration("connect_timeout")?,
-            "keep_alive" => options.keep_alive = duration("keep_alive")?,
-            "max_packet_size" => {
-                options.max_packet_size = v
-                    .parse()
-                    .map_err(|_| bad(format!("max_packet_size={v:?} is not a whole number")))?
-            }
-            "client_id" => options.client_id = v.into_owned(),
-            "retain" => options.retain = boolean(&k, &v).map_err(bad)?,
-            "require_subscribers" => options.require_subscribers = boolean(&k, &v).map_err(bad)?,
-            "ca_file" => options.ca_file = Some(v.into_owned().into()),
-            other => {
-                return Err(bad(format!(
-                    "unknown parameter {other:?} (known: ack_timeout, connect_timeout, \
-                     keep_alive, max_packet_size, client_id, retain, require_subscribers, \
-                     ca_file)"
-                )))
-            }
+    let known = "ack_timeout, connect_timeout, keep_alive, max_packet_size, client_id, retain, \
+                 require_subscribers, ca_file";
+    apply_params(parsed.query_pairs(), known, bad, |p| {
+        match p.name {
+            "ack_timeout" => options.ack_timeout = p.duration()?,
+            "connect_timeout" => options.connect_timeout = p.duration()?,
+            "keep_alive" => options.keep_alive = p.duration()?,
+            "max_packet_size" => options.max_packet_size = p.number("a whole number")?,
+            "client_id" => options.client_id = p.text(),
+            "retain" => options.retain = p.boolean()?,
+            "require_subscribers" => options.require_subscribers = p.boolean()?,
+            "ca_file" => options.ca_file = Some(p.text().into()),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if options.keep_alive < Duration::from_secs(5) {
         return Err(crate::Error::Config(
             "mqtt.keep_alive must be at least 5s".into(),
