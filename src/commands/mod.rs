@@ -1,6 +1,5 @@
 //! One module per command.
 
-pub mod bench;
 #[cfg(feature = "cdc")]
 mod cdc;
 mod cleanup;
@@ -24,7 +23,6 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<(), CliError> {
         Command::Status { json } => status::run(&connect(&cli, &file, 2).await?, *json).await,
         Command::Dlq(cmd) => dlq::run(&connect(&cli, &file, 2).await?, cmd).await,
         Command::Cleanup(args) => cleanup::run(&connect(&cli, &file, 2).await?, args).await,
-        Command::Bench(args) => bench::run(args).await,
     }
 }
 
