@@ -13,7 +13,6 @@ use outbox_relay::route::debezium::{Connector, EventRouterOptions};
 use outbox_relay::sink;
 use outbox_relay::source::cdc::{CdcOptions, CdcRelay, CdcRouting, TableName};
 use outbox_relay::store::{ConnectOptions, Store};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, RelayArgs};
 use crate::config::FileConfig;
@@ -205,9 +204,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
     .await?;
     tracing::info!(database = %redact_url(&s.database_url), "CDC source");
     let relay = CdcRelay::new(store, &s.database_url, sink, s.routing, s.options);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(super::relay::watch_signals(shutdown.clone()));
-    relay.run(shutdown).await?;
+    relay.run(crate::signals::shutdown_token()).await?;
     let st = relay.stats().snapshot();
     tracing::info!(
         delivered = st.delivered,

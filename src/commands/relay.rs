@@ -1,11 +1,8 @@
-use std::time::Duration;
-
 use outbox_relay::route::{Envelope, Template};
 use outbox_relay::sink::{self, SinkOptions};
 use outbox_relay::source::poll::PollOptions;
 use outbox_relay::store::{ConnectOptions, Store};
 use outbox_relay::{Relay, RelayConfig, RetryPolicy, Router};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, OnDeadLetter, OnPublish, RelayArgs, SourceKind};
 use crate::config::FileConfig;
@@ -164,9 +161,7 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
     let store = Store::connect(&url, &options).await?;
     store.ensure_schema().await?;
     let relay = Relay::new(store, sink, settings.router, settings.config);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    relay.run(shutdown).await?;
+    relay.run(crate::signals::shutdown_token()).await?;
     let s = relay.stats().snapshot();
     tracing::info!(
         delivered = s.delivered,
@@ -175,28 +170,4 @@ pub async fn run(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<(), C
         "relay finished"
     );
     Ok(())
-}
-
-/// First SIGINT/SIGTERM: finish the batch in flight and stop. Second: exit at once.
-pub(super) async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGTERM handler");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: finishing the batch in flight (signal again to exit at once)");
-    shutdown.cancel();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::warn!("second signal: exiting now; undelivered events stay pending");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    std::process::exit(130);
 }
