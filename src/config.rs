@@ -113,20 +113,12 @@ pub struct LogSection {
     pub format: Option<String>,
 }
 
+/// `deserialize_with` adapter for optional durations (`"500ms"`, `"5s"`, `"2m"`), parsed by the
+/// relay library's parser, the one the flags use too.
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| {
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}"))
-        })
-    })
-    .transpose()
-}
-
-/// Parses a duration flag such as `7d`, `12h`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s, 2m or 7d: {e}"))
+    s.map(|s| outbox_relay::sink::duration::parse(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 impl FileConfig {
