@@ -38,6 +38,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the embedded demo: SQLite, an order workload, a flaky sink, the relay, a summary.
@@ -57,8 +59,6 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Delete published events older than a retention, in batches.
     Cleanup(CleanupArgs),
-    /// Measure the relay (see BENCHMARKS.md).
-    Bench(crate::commands::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +94,7 @@ pub struct RelayArgs {
     pub workers: Option<usize>,
 
     /// Fallback poll interval when no notification arrives [default: 1s].
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub poll_interval: Option<std::time::Duration>,
 
     /// Failed attempts before an event moves to the dead-letter table [default: 10].
@@ -102,11 +102,11 @@ pub struct RelayArgs {
     pub max_attempts: Option<u32>,
 
     /// Backoff after the first failure [default: 1s].
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub backoff_base: Option<std::time::Duration>,
 
     /// Longest backoff [default: 5m].
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub backoff_max: Option<std::time::Duration>,
 
     /// What a dead letter does to later events of its aggregate [default: wait].
@@ -195,7 +195,7 @@ pub enum DlqCommand {
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     /// Retention: delete published events older than this (e.g. 7d, 12h).
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub older_than: std::time::Duration,
 
     /// Rows deleted per transaction.

@@ -53,7 +53,10 @@ pub struct RelaySection {
     pub batch_size: Option<usize>,
     pub workers: Option<usize>,
     pub max_in_flight: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub poll_interval: Option<Duration>,
     pub on_dead_letter: Option<String>,
     pub on_publish: Option<crate::cli::OnPublish>,
@@ -63,9 +66,15 @@ pub struct RelaySection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub base: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub max: Option<Duration>,
     pub max_attempts: Option<u32>,
     pub jitter: Option<f64>,
@@ -87,13 +96,22 @@ pub struct CdcSection {
     /// Create the publication when it is missing [default: true].
     pub create_publication: Option<bool>,
     /// Heartbeat after this long without changes [default: 10s].
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub heartbeat_interval: Option<Duration>,
     /// Longest wait before a confirmed position reaches the server [default: 1s].
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub status_interval: Option<Duration>,
     /// How often the replication lag is logged [default: 60s].
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "outbox_relay::duration::deserialize_option"
+    )]
     pub lag_log_interval: Option<Duration>,
     /// Stand by while another relay holds the slot (true) or exit with an error [default: true].
     pub standby: Option<bool>,
@@ -111,22 +129,6 @@ pub struct CdcSection {
 pub struct LogSection {
     pub level: Option<String>,
     pub format: Option<String>,
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| {
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 5s or 2m: {e}"))
-        })
-    })
-    .transpose()
-}
-
-/// Parses a duration flag such as `7d`, `12h`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s, 2m or 7d: {e}"))
 }
 
 impl FileConfig {

@@ -4,6 +4,8 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod settings;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -48,8 +50,8 @@ fn report(e: error::CliError) -> ExitCode {
 fn init_logging(cli: &Cli, file: &config::FileConfig) {
     let default = match cli.command {
         Command::Relay(_) => "info",
-        // The demo and the benchmark print their own progress and summary.
-        Command::Demo(_) | Command::Bench(_) => "error",
+        // The demo prints its own progress and summary.
+        Command::Demo(_) => "error",
         _ => "warn",
     };
     let level = cli

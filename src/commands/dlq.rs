@@ -1,8 +1,20 @@
+//! `outbox dlq`: list, show, replay and purge dead letters.
+
 use outbox_relay::Store;
 
-use super::parse_ids;
 use crate::cli::DlqCommand;
 use crate::error::CliError;
+
+/// Parses event or dead-letter ids given on the command line.
+fn parse_ids(ids: &[String]) -> Result<Vec<uuid::Uuid>, CliError> {
+    ids.iter()
+        .map(|s| {
+            uuid::Uuid::parse_str(s).map_err(|_| {
+                CliError::usage(format!("{s:?} is not an id (a UUID such as 0190a6b2-…)"))
+            })
+        })
+        .collect()
+}
 
 pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
     match cmd {

@@ -392,42 +392,6 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Deletes `topics` on the cluster `url` names (missing ones are ignored). For tools that
-/// must start from empty topics, such as the benchmark; the relay itself never deletes.
-pub async fn delete_topics(
-    url: &str,
-    options: &KafkaOptions,
-    topics: &[&str],
-) -> Result<(), crate::Error> {
-    let parsed = parse_url(url)?;
-    let mut config = producer_config(&parsed.bootstrap, options);
-    config.set("enable.idempotence", "false");
-    let admin: AdminClient<KafkaLog> = config
-        .create_with_context(KafkaLog)
-        .map_err(|e| config_error(&e))?;
-    let timeout = options.message_timeout.min(Duration::from_secs(30));
-    let results = admin
-        .delete_topics(
-            topics,
-            &AdminOptions::new()
-                .request_timeout(Some(timeout))
-                .operation_timeout(Some(timeout)),
-        )
-        .await
-        .map_err(|e| crate::Error::Sink(format!("Kafka: deleting topics: {e}")))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((topic, code)) => {
-                return Err(crate::Error::Sink(format!(
-                    "Kafka: deleting topic {topic}: {code}"
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
 fn message_size(m: &Message) -> usize {
     m.value.len()
         + m.key.len()

@@ -4,18 +4,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{
-    load_backlog, open_sink, pg, progress, BenchArgs, BenchDb, Measurement, Running, Scenario,
-};
-use crate::cli::{OnPublish, SourceKind};
-use crate::error::CliError;
-
-fn mode_name(m: OnPublish) -> &'static str {
-    match m {
-        OnPublish::Mark => "mark",
-        OnPublish::Delete => "delete",
-    }
-}
+use crate::args::{BenchArgs, OnPublish, Scenario, SourceKind};
+use crate::cpu::CpuMeter;
+use crate::db::{in_chunks, load_backlog, pg, BenchDb};
+use crate::error::BenchError;
+use crate::report::{progress, Measurement};
+use crate::running::Running;
+use crate::sinks::{open_sink, reset_sink};
 
 /// One drain: a fresh database, `events` of backlog (plus `history` published rows), the relay
 /// from `source` into `sink`; events/s from the relay's start to the last event delivered.
@@ -27,10 +22,9 @@ async fn drain_one(
     on_publish: OnPublish,
     history: usize,
     scenario: Scenario,
-) -> Result<Measurement, CliError> {
+) -> Result<Measurement, BenchError> {
     let label = format!("{scenario:?} {source:?} → {sink_url}");
     let store = db.fresh(args.workers as u32 + 3).await?;
-    #[cfg(feature = "cdc")]
     if source == SourceKind::Cdc {
         db.create_slot(&store).await?;
     }
@@ -39,7 +33,7 @@ async fn drain_one(
     }
     load_backlog(&store, args, args.events, &label).await?;
     let sink = open_sink(sink_url).await?;
-    let cpu = super::CpuMeter::start(sink_url);
+    let cpu = CpuMeter::start(sink_url);
     let started = Instant::now();
     let relay = Running::start(source, db, &store, sink, args, on_publish).await?;
     relay
@@ -48,9 +42,9 @@ async fn drain_one(
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu.per_100k(args.events, "relay_cpu_seconds_per_100k");
     relay.stop().await?;
-    super::reset_sink(sink_url).await;
+    reset_sink(sink_url).await;
     let mut setup = json!({
-        "source": source_name(source),
+        "source": source.name(),
         "sink": outbox_relay::redact_url(sink_url),
         "events": args.events,
         "aggregates": args.aggregates,
@@ -58,7 +52,7 @@ async fn drain_one(
         "history_rows": history,
     });
     if source == SourceKind::Poll {
-        setup["on_publish"] = json!(mode_name(on_publish));
+        setup["on_publish"] = json!(on_publish.name());
         setup["batch_size"] = json!(args.batch_size);
         setup["workers"] = json!(args.workers);
     }
@@ -69,23 +63,16 @@ async fn drain_one(
     Ok(m)
 }
 
-pub fn source_name(s: SourceKind) -> &'static str {
-    match s {
-        SourceKind::Poll => "poll",
-        SourceKind::Cdc => "cdc",
-    }
-}
-
 async fn load_history(
     store: &outbox_relay::Store,
     args: &BenchArgs,
     rows: usize,
     label: &str,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     let pool = pg(store)?;
     let note = args.payload_bytes.saturating_sub(110) as i32;
     let what = format!("[{label}] loading published history");
-    super::in_chunks(rows, &what, |_, n| {
+    in_chunks(rows, &what, |_, n| {
         sqlx::query(
             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, published_at)
              SELECT 'BenchOrder', 'old-' || (g % 50000), 'OrderCreated',
@@ -105,7 +92,7 @@ pub async fn drains(
     args: &BenchArgs,
     db: &BenchDb,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     for &source in &args.sources {
         for sink in &args.sinks {
             let modes: Vec<OnPublish> = match source {
@@ -126,7 +113,7 @@ pub async fn history(
     args: &BenchArgs,
     db: &BenchDb,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     let empty = drain_one(
         args,
         db,
@@ -157,11 +144,11 @@ pub async fn history(
 /// The broker's own limit as the relay drives it: the same messages (`--events` over
 /// `--aggregates`, routed and enveloped as in a drain) published through the sink by `--workers`
 /// tasks, batch by batch, with no database at all.
-async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliError> {
-    use outbox_relay::relay::{deliver, Outcome};
+async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, BenchError> {
+    use outbox_relay::delivery::{deliver, Outcome};
     use outbox_relay::{Record, Router};
     use std::sync::Arc;
-    let sink = super::open_sink(url).await?;
+    let sink = open_sink(url).await?;
     let note = "x".repeat(args.payload_bytes.saturating_sub(110));
     let now = chrono::Utc::now();
     let records: Arc<Vec<Record>> = Arc::new(
@@ -189,7 +176,7 @@ async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliErr
         outbox_relay::redact_url(url)
     ));
     let router = Arc::new(Router::default());
-    let cpu = super::CpuMeter::start(url);
+    let cpu = CpuMeter::start(url);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let workers = args.workers.max(1);
@@ -210,11 +197,11 @@ async fn sink_ceiling(args: &BenchArgs, url: &str) -> Result<Measurement, CliErr
     }
     let mut delivered = 0;
     while let Some(done) = tasks.join_next().await {
-        delivered += done.map_err(|e| CliError::runtime(format!("sink ceiling task: {e}")))?;
+        delivered += done.map_err(|e| BenchError::runtime(format!("sink ceiling task: {e}")))?;
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu.per_100k(delivered, "sink_cpu_seconds_per_100k");
-    super::reset_sink(url).await;
+    reset_sink(url).await;
     let mut m = Measurement::new(
         Scenario::Ceiling,
         json!({
@@ -242,7 +229,7 @@ pub async fn ceiling(
     args: &BenchArgs,
     db: &BenchDb,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     if args.sources.contains(&SourceKind::Poll) {
         for &mode in &args.on_publish {
             let store = db.fresh(args.workers as u32 + 2).await?;
@@ -280,7 +267,7 @@ pub async fn ceiling(
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                done.map_err(|e| CliError::runtime(format!("ceiling task: {e}")))??;
+                done.map_err(|e| BenchError::runtime(format!("ceiling task: {e}")))??;
             }
             let secs = started.elapsed().as_secs_f64();
             out.push(
@@ -288,7 +275,7 @@ pub async fn ceiling(
                     Scenario::Ceiling,
                     json!({
                         "source": "poll",
-                        "on_publish": mode_name(mode),
+                        "on_publish": mode.name(),
                         "events": args.events,
                         "batch_size": args.batch_size,
                         "connections": args.workers,
@@ -303,7 +290,6 @@ pub async fn ceiling(
     for url in args.sinks.iter().filter(|u| !u.starts_with("noop")) {
         out.push(sink_ceiling(args, url).await?);
     }
-    #[cfg(feature = "cdc")]
     if args.sources.contains(&SourceKind::Cdc) {
         let store = db.fresh(3).await?;
         db.create_slot(&store).await?;

@@ -1,14 +1,49 @@
-//! Footprint: the relay as its own process, draining a large backlog: peak RSS and CPU.
+//! Footprint: the relay as its own process (the `outbox` binary), draining a large backlog:
+//! peak RSS and CPU.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{
-    cpu_seconds, load_backlog, pg, progress, BenchArgs, BenchDb, Measurement, Scenario,
-    BENCH_STREAM,
-};
-use crate::error::CliError;
+use crate::args::{BenchArgs, Scenario};
+use crate::cpu::cpu_seconds;
+use crate::db::{load_backlog, pg, BenchDb};
+use crate::error::BenchError;
+use crate::report::{progress, Measurement};
+use crate::sinks::{reset_sink, BENCH_STREAM};
+
+/// The `outbox` binary the footprint scenario runs: `--outbox-bin`, else `outbox` beside this
+/// executable (both are in `target/release` after `cargo build --release`).
+pub fn outbox_binary(args: &BenchArgs) -> Result<PathBuf, BenchError> {
+    let (path, given) = match &args.outbox_bin {
+        Some(path) => (path.clone(), true),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| BenchError::runtime(format!("own executable: {e}")))?;
+            let dir = exe.parent().ok_or_else(|| {
+                BenchError::runtime(format!("own executable {} has no folder", exe.display()))
+            })?;
+            (dir.join("outbox"), false)
+        }
+    };
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(BenchError::usage(if given {
+        format!(
+            "--outbox-bin {}: no such file (the footprint scenario runs the `outbox` binary \
+             as the relay process)",
+            path.display()
+        )
+    } else {
+        format!(
+            "the footprint scenario runs the relay as the `outbox` binary, not found at {}: \
+             build both binaries with `cargo build --release` (or pass --outbox-bin PATH)",
+            path.display()
+        )
+    }))
+}
 
 /// Resident memory of a process: (current, peak) in KiB.
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -23,20 +58,19 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Scenario 5: `outbox relay` (this binary, a child process, with its default settings) drains
+/// Scenario 5: `outbox relay` (`outbox`, a child process, with its default settings) drains
 /// `--footprint-events` into `--sink`; its peak RSS (VmHWM) and CPU seconds (user + system) per
 /// 100k events.
 pub async fn footprint(
     args: &BenchArgs,
     db: &BenchDb,
+    outbox: &Path,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     let store = db.fresh(4).await?;
     load_backlog(&store, args, args.footprint_events, "footprint").await?;
-    super::reset_sink(&args.sink).await;
-    let exe =
-        std::env::current_exe().map_err(|e| CliError::runtime(format!("own executable: {e}")))?;
-    let mut child = tokio::process::Command::new(exe)
+    reset_sink(&args.sink).await;
+    let mut child = tokio::process::Command::new(outbox)
         .arg("relay")
         .args(["--sink", &args.sink, "--nats-stream", BENCH_STREAM])
         .args(["--log-level", "warn"])
@@ -45,10 +79,15 @@ pub async fn footprint(
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| CliError::runtime(format!("starting the relay process: {e}")))?;
+        .map_err(|e| {
+            BenchError::runtime(format!(
+                "starting the relay process {}: {e}",
+                outbox.display()
+            ))
+        })?;
     let pid = child
         .id()
-        .ok_or_else(|| CliError::runtime("relay process has no pid"))?;
+        .ok_or_else(|| BenchError::runtime("relay process has no pid"))?;
     let pool = pg(&store)?.clone();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(1800);
@@ -76,12 +115,12 @@ pub async fn footprint(
             }
         }
         if Instant::now() > deadline {
-            return Err(CliError::runtime(
+            return Err(BenchError::runtime(
                 "[footprint] the relay did not drain within 30 minutes",
             ));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(CliError::runtime(format!(
+            return Err(BenchError::runtime(format!(
                 "[footprint] the relay process exited: {status}"
             )));
         }
@@ -93,7 +132,7 @@ pub async fn footprint(
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    super::reset_sink(&args.sink).await;
+    reset_sink(&args.sink).await;
     let mut m = Measurement::new(
         Scenario::Footprint,
         json!({

@@ -9,12 +9,12 @@ use outbox_relay::sink::{Message, Sink, SinkError};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::drain::source_name;
-use super::{open_sink, progress, BenchArgs, BenchDb, Measurement, Running, Scenario};
-use crate::cli::OnPublish;
-#[cfg(feature = "cdc")]
-use crate::cli::SourceKind;
-use crate::error::CliError;
+use crate::args::{BenchArgs, OnPublish, Scenario, SourceKind};
+use crate::db::{app_pool, BenchDb};
+use crate::error::BenchError;
+use crate::report::{progress, Measurement};
+use crate::running::Running;
+use crate::sinks::{open_sink, reset_sink};
 
 /// The application's tokio runtime. Dropped from async code (also on an early return), it
 /// shuts down in the background: a plain drop there would panic.
@@ -82,11 +82,10 @@ pub async fn steady(
     args: &BenchArgs,
     db: &BenchDb,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     for &source in &args.sources {
-        let label = format!("steady {}", source_name(source));
+        let label = format!("steady {}", source.name());
         let store = db.fresh((args.writers + args.workers + 4) as u32).await?;
-        #[cfg(feature = "cdc")]
         if source == SourceKind::Cdc {
             db.create_slot(&store).await?;
         }
@@ -103,13 +102,13 @@ pub async fn steady(
                 .thread_name("bench-app")
                 .enable_all()
                 .build()
-                .map_err(|e| CliError::runtime(format!("application runtime: {e}")))?,
+                .map_err(|e| BenchError::runtime(format!("application runtime: {e}")))?,
         ));
         let app = runtime.handle();
-        let joined = |e: tokio::task::JoinError| CliError::runtime(format!("writer: {e}"));
+        let joined = |e: tokio::task::JoinError| BenchError::runtime(format!("writer: {e}"));
         let app_pool = {
             let (db_url, size) = (db.url.clone(), args.writers as u32 + 1);
-            app.spawn(async move { super::app_pool(&db_url, size).await })
+            app.spawn(async move { app_pool(&db_url, size).await })
         };
         let pool = app_pool.await.map_err(joined)??;
 
@@ -179,14 +178,14 @@ pub async fn steady(
             .await?;
         let caught_up = started.elapsed().saturating_sub(wrote_for);
         relay.stop().await?;
-        super::reset_sink(&args.sink).await;
+        reset_sink(&args.sink).await;
 
         // Latency from COMMIT sent (the figure: conservative, it includes the commit itself)
         // and from COMMIT returned (a lower bound: on a busy machine the writer may observe
         // its commit only after the relay has already delivered the event).
         let histogram = || {
             hdrhistogram::Histogram::<u64>::new(3)
-                .map_err(|e| CliError::runtime(format!("histogram: {e}")))
+                .map_err(|e| BenchError::runtime(format!("histogram: {e}")))
         };
         let (mut from_sent, mut from_returned) = (histogram()?, histogram()?);
         {
@@ -207,7 +206,7 @@ pub async fn steady(
             Measurement::new(
                 Scenario::Steady,
                 json!({
-                    "source": source_name(source),
+                    "source": source.name(),
                     "sink": outbox_relay::redact_url(&args.sink),
                     "offered_rate": args.rate,
                     "seconds": args.duration.as_secs_f64(),
@@ -248,13 +247,13 @@ pub async fn write_overhead(
     args: &BenchArgs,
     db: &BenchDb,
     out: &mut Vec<Measurement>,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     let _store = db.fresh(2).await?;
     let pool = db.app_pool(args.writers as u32 + 1).await?;
     order_service::OrderService::new(pool.clone())
         .migrate()
         .await
-        .map_err(|e| CliError::runtime(format!("orders table: {e}")))?;
+        .map_err(|e| BenchError::runtime(format!("orders table: {e}")))?;
     let mut rates: HashMap<bool, Vec<f64>> = HashMap::new();
     for round in 0..4 {
         let with_outbox = round % 2 == 1;
@@ -302,7 +301,7 @@ pub async fn write_overhead(
             });
         }
         while let Some(done) = writers.join_next().await {
-            done.map_err(|e| CliError::runtime(format!("writer: {e}")))??;
+            done.map_err(|e| BenchError::runtime(format!("writer: {e}")))??;
         }
         let tps = (args.transactions / args.writers * args.writers) as f64
             / started.elapsed().as_secs_f64();

@@ -1,0 +1,168 @@
+//! The command line: `outbox-bench [SCENARIO…] [flags]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Drain a backlog into each sink, from each source.
+    Drain,
+    /// Writers commit at a fixed rate; commit → broker-ack latency.
+    Steady,
+    /// The order-service transaction with and without its outbox row.
+    WriteOverhead,
+    /// Drain rate with no and with many published rows retained.
+    History,
+    /// Relay peak RSS and CPU seconds per 100k events, as a separate process.
+    Footprint,
+    /// The database's own limit for the same claim/mark (or WAL decode) work.
+    Ceiling,
+}
+
+/// Where the relay under test takes its events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Poll the outbox table (FOR UPDATE SKIP LOCKED, LISTEN/NOTIFY wake-ups).
+    Poll,
+    /// PostgreSQL logical replication.
+    Cdc,
+}
+
+impl SourceKind {
+    /// The name in the report's setup.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Poll => "poll",
+            SourceKind::Cdc => "cdc",
+        }
+    }
+}
+
+/// What the polling relay under test does to a row once its event is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnPublish {
+    /// Set `published_at` (history kept until `outbox cleanup`).
+    Mark,
+    /// Delete the row (no history; much less database work per event).
+    Delete,
+}
+
+impl OnPublish {
+    /// The name in the report's setup.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnPublish::Mark => "mark",
+            OnPublish::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox-bench",
+    version,
+    about = "Measure the outbox relay (see BENCHMARKS.md). Creates and drops its own database, \
+             replication slot, JetStream stream OUTBOX_BENCH and Kafka topic benchorder-events.",
+    after_help = "Exit status: 0 success, 2 bad usage or set-up, 1 failure while measuring."
+)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all six).
+    #[arg(value_enum)]
+    pub scenarios: Vec<Scenario>,
+
+    /// PostgreSQL server. The benchmark creates and drops its own database there.
+    #[arg(
+        long,
+        env = "OUTBOX_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub pg: String,
+
+    /// Sinks for the drain scenario, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "noop:,nats://127.0.0.1:4222,kafka://127.0.0.1:19092"
+    )]
+    pub sinks: Vec<String>,
+
+    /// Sink for the steady, history and footprint scenarios.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub sink: String,
+
+    /// Sources for the drain and steady scenarios, comma-separated.
+    #[arg(
+        long = "source",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "poll,cdc"
+    )]
+    pub sources: Vec<SourceKind>,
+
+    /// Polling relay modes to measure, comma-separated: mark (set published_at), delete.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "mark,delete")]
+    pub on_publish: Vec<OnPublish>,
+
+    /// Events in each drain backlog.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+
+    /// Distinct aggregates the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub aggregates: usize,
+
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+
+    /// Polling relay batch size.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+
+    /// Polling relay workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+
+    /// Steady: events committed per second.
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u32,
+
+    /// Steady: how long the writers run.
+    #[arg(long, value_parser = outbox_relay::duration::parse, default_value = "10s")]
+    pub duration: Duration,
+
+    /// Steady and write-overhead: concurrent writers (enough for group commit to reach the
+    /// steady rate with one event per transaction on a small machine).
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+
+    /// Write-overhead: transactions per variant.
+    #[arg(long, default_value_t = 20_000)]
+    pub transactions: usize,
+
+    /// History: published rows retained.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history: usize,
+
+    /// Footprint: events the relay process drains.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub footprint_events: usize,
+
+    /// Footprint: the `outbox` binary to run as the relay process [default: `outbox` beside
+    /// this executable, as `cargo build --release` leaves it].
+    #[arg(long, value_name = "PATH")]
+    pub outbox_bin: Option<PathBuf>,
+
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Log level of the relay measured in this process: error, warn, info, debug, trace (or a
+    /// tracing filter) [default: error].
+    #[arg(long, env = "OUTBOX_LOG")]
+    pub log_level: Option<String>,
+}
