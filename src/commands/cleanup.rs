@@ -1,3 +1,6 @@
+//! `outbox cleanup --older-than 7d`: deletes published rows older than the cutoff, in small
+//! batches of short transactions, with progress on a terminal.
+
 use std::io::IsTerminal;
 use std::time::Instant;
 

@@ -1,3 +1,5 @@
+//! `outbox migrate`: creates or upgrades the schema, idempotently.
+
 use outbox_relay::Store;
 
 use crate::error::CliError;

@@ -1,3 +1,6 @@
+//! `outbox status [--json]`: pending, oldest pending age, retrying, dead letters, and the
+//! database's replication slots with their lag.
+
 use outbox_relay::Store;
 
 use crate::error::CliError;

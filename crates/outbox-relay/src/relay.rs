@@ -118,7 +118,7 @@ impl Relay {
             topic = self.router.topic().as_str(),
             "relay started"
         );
-        let shared = Arc::new(Shared {
+        let worker = Arc::new(Worker {
             sink: self.sink.clone(),
             router: self.router.clone(),
             config: self.config.clone(),
@@ -136,7 +136,7 @@ impl Relay {
                 wake.clone(),
                 self.stats.clone(),
             );
-            set.spawn(worker(source, shared.clone(), shutdown.clone()));
+            set.spawn(worker.clone().run(source, shutdown.clone()));
         }
         let mut panicked = None;
         while let Some(done) = set.join_next().await {
@@ -158,46 +158,49 @@ impl Relay {
     }
 }
 
-/// What the workers of one relay share.
-struct Shared {
+/// What every worker of one relay runs with.
+struct Worker {
     sink: Arc<dyn Sink>,
     router: Arc<Router>,
     config: RelayConfig,
     stats: Arc<Stats>,
 }
 
-async fn worker(mut source: PollSource, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let Shared {
-        sink,
-        router,
-        config,
-        stats,
-    } = &*shared;
-    while let Some(claim) = source.next_batch(&shutdown).await {
-        let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
-        let mut settlement = plan(&claim.records, &outcomes, &config.retry);
-        settlement.delete_published = config.poll.delete_published;
-        let (ok, failed, dead) = (
-            settlement.published.len(),
-            settlement.retry.len(),
-            settlement.dead.len(),
-        );
-        match claim.settle(&settlement).await {
-            Ok(()) => {
-                stats.settled(ok, failed, dead);
-                tracing::debug!(delivered = ok, failed, dead, "batch settled");
-            }
-            Err(e) => {
-                stats.error();
-                tracing::warn!(
-                    error = %e,
-                    events = ok + failed + dead,
-                    "recording a batch failed; its events stay pending and will be delivered again"
-                );
+impl Worker {
+    /// Claims, delivers and settles batches from `source` until `shutdown`.
+    async fn run(self: Arc<Self>, mut source: PollSource, shutdown: CancellationToken) {
+        let Worker {
+            sink,
+            router,
+            config,
+            stats,
+        } = &*self;
+        while let Some(claim) = source.next_batch(&shutdown).await {
+            let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
+            let mut settlement = plan(&claim.records, &outcomes, &config.retry);
+            settlement.delete_published = config.poll.delete_published;
+            let (ok, failed, dead) = (
+                settlement.published.len(),
+                settlement.retry.len(),
+                settlement.dead.len(),
+            );
+            match claim.settle(&settlement).await {
+                Ok(()) => {
+                    stats.settled(ok, failed, dead);
+                    tracing::debug!(delivered = ok, failed, dead, "batch settled");
+                }
+                Err(e) => {
+                    stats.error();
+                    tracing::warn!(
+                        error = %e,
+                        events = ok + failed + dead,
+                        "recording a batch failed; its events stay pending and will be delivered again"
+                    );
+                }
             }
         }
+        source.unregister().await;
     }
-    source.unregister().await;
 }
 
 #[cfg(test)]
