@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// modules of one layer above the foundation never use each other.
 const LAYERS: &[&[&str]] = &[
     &[
-        "error", "record", "message", "template", "retry", "duration", "urls", "stats",
+        "error", "record", "message", "template", "retry", "duration", "urls", "stats", "health",
     ],
     &["route", "sink"],
     &["delivery"],

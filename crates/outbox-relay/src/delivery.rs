@@ -18,6 +18,7 @@ use crate::record::Record;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
 use crate::sink::Sink;
+use crate::stats::Stats;
 
 /// What happened to one event of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +82,32 @@ pub async fn deliver(
         }
     }
     outcomes
+}
+
+/// Records what a delivered batch says about the relay in `stats`: failed attempts by kind,
+/// the time from each acknowledged event's creation to its acknowledgement (now), and whether
+/// the sink answered (an acknowledgement or a refusal) or only failed (for readiness).
+pub fn observe(records: &[Record], outcomes: &[Outcome], stats: &Stats) {
+    let now = chrono::Utc::now();
+    let (mut delivered, mut retryable, mut permanent) = (0usize, 0usize, 0usize);
+    for (r, o) in records.iter().zip(outcomes) {
+        match o {
+            Outcome::Delivered => {
+                delivered += 1;
+                let micros = (now - r.created_at).num_microseconds().unwrap_or(i64::MAX);
+                stats.acknowledged(micros.max(0) as f64 / 1e6);
+            }
+            Outcome::Failed(e) if e.kind == ErrorKind::Permanent => permanent += 1,
+            Outcome::Failed(_) => retryable += 1,
+            Outcome::NotAttempted => {}
+        }
+    }
+    stats.failures(retryable, permanent);
+    if delivered + permanent > 0 {
+        stats.health().sink(true);
+    } else if retryable > 0 {
+        stats.health().sink(false);
+    }
 }
 
 /// What to do with an event whose delivery failed.

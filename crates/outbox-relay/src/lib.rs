@@ -13,7 +13,7 @@
 //!
 //! 1. Foundation: [`error`], [`record`], [`message`] ([`Message`], [`SinkError`]), [`template`],
 //!    [`retry`] ([`RetryPolicy`], [`retry::Backoff`]), [`duration`], [`urls`] ([`redact_url`]),
-//!    [`stats`].
+//!    [`stats`] (counters and metrics), [`health`] (what liveness and readiness probes read).
 //! 2. [`route`]: from a record to a message (topic templates, envelopes, Debezium's
 //!    EventRouter). [`sink`]: where messages go, one file per broker behind [`Sink`].
 //! 3. [`delivery`]: publishes batches (aggregates concurrently, each in order) and makes the one
@@ -28,6 +28,7 @@
 pub mod delivery;
 pub mod duration;
 pub mod error;
+pub mod health;
 pub mod message;
 pub mod record;
 pub mod relay;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{deliver, plan};
+use crate::delivery::{deliver, observe, plan};
 use crate::error::Error;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
@@ -85,18 +85,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Puts the parts together.
+    /// Puts the parts together. Its metrics go to the recorder installed now, if any.
     pub fn new(store: Store, sink: Arc<dyn Sink>, router: Router, config: RelayConfig) -> Self {
+        let stats = Arc::new(Stats::new("poll", &crate::sink::kind(&*sink)));
         Relay {
             store,
             sink,
             router: Arc::new(router),
             config,
-            stats: Arc::new(Stats::default()),
+            stats,
         }
     }
 
-    /// Live counters.
+    /// Live counters, metrics and health.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
@@ -177,6 +178,7 @@ impl Worker {
         } = &*self;
         while let Some(claim) = source.next_batch(&shutdown).await {
             let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
+            observe(&claim.records, &outcomes, stats);
             let mut settlement = plan(&claim.records, &outcomes, &config.retry);
             settlement.delete_published = config.poll.delete_published;
             let (ok, failed, dead) = (
@@ -191,6 +193,7 @@ impl Worker {
                 }
                 Err(e) => {
                     stats.error();
+                    stats.health().database(false);
                     tracing::warn!(
                         error = %e,
                         events = ok + failed + dead,

@@ -75,6 +75,22 @@ impl<S: Sink + ?Sized> Sink for Arc<S> {
     }
 }
 
+/// A sink's kind, for metric labels: the scheme its description starts with (`nats`, `kafka`,
+/// `webhook`, `noop`…), never its address.
+pub fn kind(sink: &dyn Sink) -> String {
+    let described = sink.describe();
+    let kind: String = described
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(32)
+        .collect();
+    if kind.is_empty() {
+        "other".into()
+    } else {
+        kind
+    }
+}
+
 /// Options for the sinks, beyond their URL: one section each in the configuration file
 /// (`[nats]`, `[kafka]`, `[amqp]`, `[redis]`, `[mqtt]`, `[http]`). A sink's URL query parameters
 /// override its section.

@@ -160,6 +160,8 @@ impl PollSource {
             // Mark what we have seen *before* claiming: a notification that arrives during the
             // claim then still wakes the wait below.
             self.wake.rx.borrow_and_update();
+            let health = self.stats.health();
+            health.beat();
             let wait = match self
                 .store
                 .claim_partition(
@@ -170,6 +172,8 @@ impl PollSource {
                 .await
             {
                 Ok(claim) if !claim.records.is_empty() => {
+                    health.database(true);
+                    self.stats.claimed(claim.records.len());
                     self.errors.reset();
                     self.idle = Duration::ZERO;
                     if self.registered {
@@ -181,6 +185,7 @@ impl PollSource {
                     return Some(claim);
                 }
                 Ok(claim) => {
+                    health.database(true);
                     self.errors.reset();
                     let contended = claim.contended;
                     let next_due = claim.next_due;
@@ -214,6 +219,7 @@ impl PollSource {
                 }
                 Err(e) => {
                     self.stats.error();
+                    health.database(false);
                     let pause = self.errors.fail();
                     if matches!(e, Error::Schema(_)) {
                         tracing::error!(error = %e, "cannot claim events");

@@ -220,6 +220,22 @@ impl Store {
         }
     }
 
+    /// What the metrics sample: dead letters and, with `pending`, pending events and the age
+    /// of the oldest (in `seq` order on PostgreSQL). Cheaper than [`Store::status`].
+    pub async fn backlog(&self, pending: bool) -> Result<Backlog, Error> {
+        match self {
+            Store::Postgres(pool) => postgres::backlog(pool, pending).await,
+            Store::Sqlite(s) => {
+                let st = sqlite::status(&s.pool).await?;
+                Ok(Backlog {
+                    pending: pending.then_some(st.pending),
+                    oldest_pending_age_seconds: st.oldest_pending_age_seconds.filter(|_| pending),
+                    dead_letters: st.dead_letters,
+                })
+            }
+        }
+    }
+
     /// Dead letters, oldest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, Error> {
         match self {
@@ -405,6 +421,17 @@ impl Status {
             .map(|t| ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1000.0);
         self
     }
+}
+
+/// What [`Store::backlog`] samples for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Events not yet delivered (when asked for).
+    pub pending: Option<i64>,
+    /// Age of the oldest pending event, in seconds (`None` when none, or not asked for).
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Rows in the dead-letter table.
+    pub dead_letters: i64,
 }
 
 /// A row of the dead-letter table.

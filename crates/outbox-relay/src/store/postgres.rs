@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::{parse_json, truncate_error, Claim, DeadLetter, Hold, Partition, Settlement, Status};
+use super::{
+    parse_json, truncate_error, Backlog, Claim, DeadLetter, Hold, Partition, Settlement, Status,
+};
 use crate::error::db;
 use crate::error::Error;
 use crate::record::Record;
@@ -293,6 +295,31 @@ pub(super) async fn status(pool: &PgPool) -> Result<Status, Error> {
         replication_slots: Vec::new(),
     }
     .finish())
+}
+
+/// The metrics' sample: cheap enough to run every few seconds on a large backlog (an
+/// index-only count of the pending index, one index probe for the oldest pending event in
+/// `seq` order, the dead-letter count).
+pub(super) async fn backlog(pool: &PgPool, pending: bool) -> Result<Backlog, Error> {
+    let row = sqlx::query(
+        "SELECT CASE WHEN $1 THEN (SELECT count(*) FROM outbox WHERE published_at IS NULL) END
+                  AS pending,
+                CASE WHEN $1 THEN
+                  (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
+                   WHERE published_at IS NULL ORDER BY seq LIMIT 1) END AS oldest_age,
+                (SELECT count(*) FROM outbox_dead_letter) AS dead",
+    )
+    .bind(pending)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(Backlog {
+        pending: row.try_get("pending")?,
+        oldest_pending_age_seconds: row
+            .try_get::<Option<f64>, _>("oldest_age")?
+            .map(|a| a.max(0.0)),
+        dead_letters: row.try_get("dead")?,
+    })
 }
 
 pub(super) async fn dead_letters(

@@ -347,6 +347,34 @@ pub async fn slot_state(pool: &PgPool, name: &str) -> Result<Option<SlotState>, 
     .transpose()
 }
 
+/// What a slot costs the server, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotWal {
+    /// WAL bytes written since `confirmed_flush_lsn`: the replication lag.
+    pub lag_bytes: i64,
+    /// WAL bytes from `restart_lsn` on, which the server keeps for the slot.
+    pub retained_bytes: i64,
+}
+
+/// Lag and retained WAL of slot `name`, `None` when it does not exist.
+pub async fn slot_wal(pool: &PgPool, name: &str) -> Result<Option<SlotWal>, Error> {
+    let row = sqlx::query(
+        "SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 AS lag,
+                COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 AS retained
+         FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(SlotWal {
+            lag_bytes: r.try_get("lag")?,
+            retained_bytes: r.try_get("retained")?,
+        })
+    })
+    .transpose()
+}
+
 /// One logical replication slot of this database, as `outbox status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplicationSlot {

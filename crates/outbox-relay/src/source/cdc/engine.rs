@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::rows::Event;
-use crate::delivery::{deliver, judge, Outcome, Verdict};
+use crate::delivery::{deliver, judge, observe, Outcome, Verdict};
 use crate::record::Record;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::route::Router;
@@ -65,7 +65,9 @@ pub(crate) struct Round {
 impl Round {
     /// Publishes the round's records (aggregates concurrently, each in order).
     pub async fn deliver(self, p: &Parts<'_>) -> (Round, Vec<Outcome>) {
+        p.stats.claimed(self.records.len());
         let outcomes = deliver(&self.records, p.router, p.sink, p.config.max_in_flight).await;
+        observe(&self.records, &outcomes, p.stats);
         (self, outcomes)
     }
 }

@@ -19,6 +19,7 @@ use super::engine::{Engine, EngineConfig, Item, Parts};
 use super::reader::{busy_pid, read, replication_config, wire_error};
 use super::rows::{self, CdcRouting, RowMapper};
 use crate::error::Error;
+use crate::health::CdcPhase;
 use crate::retry::Backoff;
 use crate::route::debezium::InvalidOperation;
 use crate::route::Router;
@@ -102,6 +103,8 @@ impl CdcRelay {
         };
         let state = CdcState::default();
         state.lag.store(-1, Ordering::Relaxed);
+        let stats = Stats::new("cdc", &crate::sink::kind(&*sink));
+        stats.health().set_cdc(CdcPhase::Connecting);
         CdcRelay {
             store,
             url: database_url.to_string(),
@@ -109,12 +112,13 @@ impl CdcRelay {
             routing: Arc::new(routing),
             router: Arc::new(router),
             options,
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(stats),
             state: Arc::new(state),
         }
     }
 
-    /// Live counters (delivered, failed, dead-lettered).
+    /// Live counters (delivered, failed, dead-lettered), metrics and health (standby,
+    /// streaming). Its metrics go to the recorder installed when the relay was made.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
@@ -186,9 +190,15 @@ impl CdcRelay {
                 break;
             }
             // Wait while another reader holds the slot.
+            let health = self.stats.health();
+            health.beat();
             let state = match replication::slot_state(&pool, &self.options.slot).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    health.database(true);
+                    s
+                }
                 Err(e) => {
+                    health.database(false);
                     self.pause_after(&mut failures, &e, &shutdown).await;
                     continue;
                 }
@@ -208,6 +218,7 @@ impl CdcRelay {
                     if !self.options.standby {
                         return Err(slot_busy(&self.options.slot, &pid.to_string()));
                     }
+                    health.set_cdc(CdcPhase::Standby);
                     if standing_by != Some(pid) {
                         tracing::warn!(slot = %self.options.slot, pid, "replication slot is in use by another reader; standing by to take over");
                         standing_by = Some(pid);
@@ -219,6 +230,7 @@ impl CdcRelay {
                     continue;
                 }
                 Some(s) => {
+                    health.set_cdc(CdcPhase::Connecting);
                     if standing_by.take().is_some() {
                         tracing::info!(slot = %self.options.slot, "replication slot is free; taking over");
                     }
@@ -316,6 +328,7 @@ impl CdcRelay {
         self.state.sessions.fetch_add(1, Ordering::Relaxed);
         self.state.confirmed.store(start, Ordering::Relaxed);
         self.state.streaming.store(true, Ordering::Relaxed);
+        self.stats.health().set_cdc(CdcPhase::Streaming);
         tracing::info!(slot = %self.options.slot, from = %replication::format_lsn(start), "streaming changes");
 
         let (item_tx, item_rx) = mpsc::channel::<Item>(64);
@@ -347,6 +360,7 @@ impl CdcRelay {
             Err(e) => Err(Error::Sink(format!("the replication reader failed: {e}"))),
         };
         self.state.streaming.store(false, Ordering::Relaxed);
+        self.stats.health().set_cdc(CdcPhase::Connecting);
         match outcome {
             Loop::Stopped => {
                 if let Err(e) = read_result {
@@ -398,11 +412,14 @@ impl CdcRelay {
         // loop keeps taking the reader's items while a round is out.
         let mut rounds = FuturesUnordered::new();
         let mut reader_gone = false;
+        let health = self.stats.health();
         let ended = loop {
+            health.beat();
             // Take what the reader has ready, up to the memory bound.
             while !reader_gone && engine.buffered() < config.max_buffered {
                 match items.try_recv() {
                     Ok(item) => {
+                        health.database(true);
                         if !matches!(item, Item::Position { .. }) {
                             last_item = tokio::time::Instant::now();
                         }
@@ -443,6 +460,7 @@ impl CdcRelay {
                 _ = shutdown.cancelled(), if !stopping => {}
                 item = items.recv(), if room && !reader_gone => match item {
                     Some(item) => {
+                        health.database(true);
                         if !matches!(item, Item::Position { .. }) {
                             last_item = tokio::time::Instant::now();
                         }
