@@ -121,6 +121,11 @@ pub struct RelayArgs {
     #[arg(long, env = "OUTBOX_NATS_STREAM")]
     pub nats_stream: Option<String>,
 
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+    /// 0.0.0.0:9090 (off unless set; also `[http] listen`).
+    #[arg(long, env = "OUTBOX_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
     /// CDC: a Debezium connector registration (the JSON POSTed to Kafka Connect). Its
     /// database.*, slot.name, publication.name, table.include.list and the outbox
     /// EventRouter's transforms.<name>.* options are honoured; --database-url overrides

@@ -37,9 +37,51 @@ pub struct FileConfig {
     #[cfg(feature = "mqtt")]
     #[serde(default)]
     pub mqtt: outbox_relay::sink::mqtt::MqttOptions,
-    #[cfg(feature = "http")]
     #[serde(default)]
-    pub http: outbox_relay::sink::webhook::WebhookOptions,
+    pub http: HttpSection,
+}
+
+/// `[http]`: the relay's own HTTP listener (`listen`) and the webhook sink's options (the
+/// other keys, read by [`WebhookOptions`](outbox_relay::sink::webhook::WebhookOptions), which
+/// refuses unknown ones).
+#[derive(Debug, Default)]
+pub struct HttpSection {
+    /// Serve /metrics, /healthz and /readyz on this address.
+    pub listen: Option<String>,
+    /// The webhook sink's options.
+    #[cfg(feature = "http")]
+    pub webhook: outbox_relay::sink::webhook::WebhookOptions,
+}
+
+impl<'de> Deserialize<'de> for HttpSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let listen = match table.remove("listen") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "[http] listen = {other}: expected an address such as \"0.0.0.0:9090\""
+                )))
+            }
+        };
+        #[cfg(feature = "http")]
+        let webhook = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(format!("[http] {}", e.message())))?;
+        #[cfg(not(feature = "http"))]
+        if let Some(key) = table.keys().next() {
+            return Err(D::Error::custom(format!(
+                "[http] {key}: unknown key (this build has no webhook sink; only listen is read)"
+            )));
+        }
+        Ok(HttpSection {
+            listen,
+            #[cfg(feature = "http")]
+            webhook,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +263,29 @@ mod tests {
             blocks += 1;
         }
         assert!(blocks >= 2, "README has its configuration examples");
+    }
+
+    #[test]
+    fn the_http_section_holds_the_listener_and_the_webhook_keys() {
+        let c: FileConfig = toml::from_str(
+            "[http]\nlisten = \"127.0.0.1:9090\"\nsecret = \"whsec_x\"\ntimeout = \"3s\"",
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.as_deref(), Some("127.0.0.1:9090"));
+        #[cfg(feature = "http")]
+        {
+            assert_eq!(c.http.webhook.timeout, Duration::from_secs(3));
+            assert_eq!(c.http.webhook.secret.as_deref(), Some("whsec_x"));
+        }
+        let c: FileConfig = toml::from_str("[http]\ntimeout = \"2s\"").unwrap();
+        assert_eq!(c.http.listen, None);
+        for bad in [
+            "[http]\nlisten = 9090",
+            "[http]\nlisen = \"x\"",
+            "[http]\ntimeout = \"soon\"",
+        ] {
+            assert!(toml::from_str::<FileConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! particular `--database-url` / `DATABASE_URL` override the connector's `database.*`.
 //! Commands take the resolved settings and resolve nothing themselves.
 
+use std::net::SocketAddr;
+
 use outbox_relay::route::{Envelope, Template};
 use outbox_relay::sink::{self, SinkOptions};
 use outbox_relay::source::poll::PollOptions;
@@ -51,6 +53,8 @@ pub struct SinkSettings {
 /// Everything the polling relay needs.
 pub struct PollSettings {
     pub database_url: String,
+    /// `--listen`, `OUTBOX_LISTEN` or `[http] listen`.
+    pub listen: Option<SocketAddr>,
     pub sink: SinkSettings,
     pub router: Router,
     pub config: RelayConfig,
@@ -75,10 +79,21 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
     };
     Ok(RelaySettings::Poll(PollSettings {
         database_url: database_url(cli, file)?,
+        listen: listen(args, file)?,
         sink,
         router,
         config,
     }))
+}
+
+/// The HTTP listener's address from `--listen`, `OUTBOX_LISTEN` or `[http] listen`.
+fn listen(args: &RelayArgs, file: &FileConfig) -> Result<Option<SocketAddr>, CliError> {
+    args.listen
+        .as_deref()
+        .or(file.http.listen.as_deref())
+        .filter(|a| !a.trim().is_empty())
+        .map(crate::server::parse_listen)
+        .transpose()
 }
 
 /// The source from `--source`, `OUTBOX_SOURCE` or `relay.source`.
@@ -206,7 +221,7 @@ fn sink_options(args: &RelayArgs, file: &FileConfig) -> SinkOptions {
         #[cfg(feature = "mqtt")]
         mqtt: file.mqtt.clone(),
         #[cfg(feature = "http")]
-        http: file.http.clone(),
+        http: file.http.webhook.clone(),
     }
 }
 
@@ -222,7 +237,7 @@ mod cdc_settings {
     use outbox_relay::source::cdc::Connector;
     use outbox_relay::source::cdc::{CdcOptions, CdcRouting, TableName};
 
-    use super::{relay_config, router, sink_options, sink_url, SinkSettings};
+    use super::{listen, relay_config, router, sink_options, sink_url, SinkSettings};
     use crate::cli::{Cli, RelayArgs};
     use crate::config::FileConfig;
     use crate::error::CliError;
@@ -230,6 +245,8 @@ mod cdc_settings {
     /// Everything the CDC relay needs, resolved.
     pub struct CdcSettings {
         pub database_url: String,
+        /// `--listen`, `OUTBOX_LISTEN` or `[http] listen`.
+        pub listen: Option<std::net::SocketAddr>,
         pub sink: SinkSettings,
         pub routing: CdcRouting,
         pub options: CdcOptions,
@@ -399,6 +416,7 @@ mod cdc_settings {
         options.validate()?;
         Ok(CdcSettings {
             database_url,
+            listen: listen(args, file)?,
             sink,
             routing,
             options,
