@@ -393,6 +393,7 @@ mod cdc_settings {
                 .unwrap_or(defaults.batch_size),
             max_in_flight: file.relay.max_in_flight.unwrap_or(defaults.max_in_flight),
             max_buffered: file.cdc.max_buffered.unwrap_or(defaults.max_buffered),
+            max_retained_wal: super::max_retained_wal(file),
             retry: config.retry,
             dead_letters_block: config.poll.dead_letters_block,
         };
@@ -405,4 +406,13 @@ mod cdc_settings {
             notes,
         })
     }
+}
+
+/// The retained-WAL warning threshold: `[cdc] max_retained_wal`, else 1 GiB. The CDC relay warns
+/// past it, and `outbox status` flags slots past it.
+pub fn max_retained_wal(file: &FileConfig) -> u64 {
+    file.cdc.max_retained_wal.map_or(
+        outbox_relay::store::replication::DEFAULT_MAX_RETAINED_WAL,
+        |b| b.as_u64(),
+    )
 }
