@@ -66,13 +66,9 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
             "this build has no CDC source (cargo feature cdc); use --source poll",
         ));
     }
-    let url = sink_url(args, file)?;
+    let sink = sink_settings(args, file)?;
     let router = router(args, file)?;
     let config = relay_config(args, file)?;
-    let sink = SinkSettings {
-        url,
-        options: sink_options(args, file),
-    };
     Ok(RelaySettings::Poll(PollSettings {
         database_url: database_url(cli, file)?,
         sink,
@@ -91,6 +87,14 @@ fn source_kind(args: &RelayArgs, file: &FileConfig) -> Result<SourceKind, CliErr
             "config relay.source = {other:?}: use \"poll\" or \"cdc\""
         ))),
     }
+}
+
+/// The sink: its URL and its options.
+fn sink_settings(args: &RelayArgs, file: &FileConfig) -> Result<SinkSettings, CliError> {
+    Ok(SinkSettings {
+        url: sink_url(args, file)?,
+        options: sink_options(args, file),
+    })
 }
 
 /// The sink URL from `--sink`, `OUTBOX_SINK` or `relay.sink`.
@@ -222,7 +226,7 @@ mod cdc_settings {
     use outbox_relay::source::cdc::Connector;
     use outbox_relay::source::cdc::{CdcOptions, CdcRouting, TableName};
 
-    use super::{relay_config, router, sink_options, sink_url, SinkSettings};
+    use super::{relay_config, router, sink_settings, SinkSettings};
     use crate::cli::{Cli, RelayArgs};
     use crate::config::FileConfig;
     use crate::error::CliError;
@@ -260,13 +264,9 @@ mod cdc_settings {
     /// Resolves the CDC relay's settings: the polling relay's sink, routing and retry
     /// settings, then the connector file and `[cdc]`.
     pub fn cdc(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<CdcSettings, CliError> {
-        let url = sink_url(args, file)?;
+        let sink = sink_settings(args, file)?;
         let router = router(args, file)?;
         let config = relay_config(args, file)?;
-        let sink = SinkSettings {
-            url,
-            options: sink_options(args, file),
-        };
         if args.on_publish.is_some() || file.relay.on_publish.is_some() {
             return Err(CliError::usage(
                 "--on-publish applies to the polling source: the CDC relay never changes \
