@@ -49,11 +49,7 @@ pub enum Command {
     /// Deliver events until SIGINT/SIGTERM, then finish the batch in flight and exit 0.
     Relay(RelayArgs),
     /// Pending events, the oldest pending age, retrying events, dead letters.
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Inspect and re-enqueue dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -195,6 +191,26 @@ pub enum DlqCommand {
         /// Dead-letter ids or event ids.
         ids: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// For cron jobs and exec probes: print one line and exit 1 when the oldest pending event
+    /// is older than --max-age or dead letters exist (unless --allow-dead-letters), else 0.
+    #[arg(long)]
+    pub check: bool,
+
+    /// With --check: the oldest pending event may be this old.
+    #[arg(long, value_parser = outbox_relay::duration::parse, default_value = "5m")]
+    pub max_age: std::time::Duration,
+
+    /// With --check: dead letters do not fail the check.
+    #[arg(long)]
+    pub allow_dead_letters: bool,
 }
 
 #[derive(Debug, Args)]

@@ -161,6 +161,9 @@ pub struct CdcSection {
     pub batch_size: Option<usize>,
     /// Events held in memory before the stream is paused [default: 65536].
     pub max_buffered: Option<usize>,
+    /// Warn when the slot retains more WAL than this, e.g. `"512 MiB"` or a number of bytes
+    /// [default: 1 GiB]. `outbox status` uses it too.
+    pub max_retained_wal: Option<bytesize::ByteSize>,
     /// Debezium outbox EventRouter options by their Debezium names, e.g.
     /// `"route.by.field" = "aggregate_type"`. When present, rows are routed as Debezium does.
     pub event_router: Option<std::collections::BTreeMap<String, toml::Value>>,

@@ -70,13 +70,9 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
             "this build has no CDC source (cargo feature cdc); use --source poll",
         ));
     }
-    let url = sink_url(args, file)?;
+    let sink = sink_settings(args, file)?;
     let router = router(args, file)?;
     let config = relay_config(args, file)?;
-    let sink = SinkSettings {
-        url,
-        options: sink_options(args, file),
-    };
     Ok(RelaySettings::Poll(PollSettings {
         database_url: database_url(cli, file)?,
         listen: listen(args, file)?,
@@ -106,6 +102,14 @@ fn source_kind(args: &RelayArgs, file: &FileConfig) -> Result<SourceKind, CliErr
             "config relay.source = {other:?}: use \"poll\" or \"cdc\""
         ))),
     }
+}
+
+/// The sink: its URL and its options.
+fn sink_settings(args: &RelayArgs, file: &FileConfig) -> Result<SinkSettings, CliError> {
+    Ok(SinkSettings {
+        url: sink_url(args, file)?,
+        options: sink_options(args, file),
+    })
 }
 
 /// The sink URL from `--sink`, `OUTBOX_SINK` or `relay.sink`.
@@ -237,7 +241,7 @@ mod cdc_settings {
     use outbox_relay::source::cdc::Connector;
     use outbox_relay::source::cdc::{CdcOptions, CdcRouting, TableName};
 
-    use super::{listen, relay_config, router, sink_options, sink_url, SinkSettings};
+    use super::{listen, relay_config, router, sink_settings, SinkSettings};
     use crate::cli::{Cli, RelayArgs};
     use crate::config::FileConfig;
     use crate::error::CliError;
@@ -277,13 +281,9 @@ mod cdc_settings {
     /// Resolves the CDC relay's settings: the polling relay's sink, routing and retry
     /// settings, then the connector file and `[cdc]`.
     pub fn cdc(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<CdcSettings, CliError> {
-        let url = sink_url(args, file)?;
+        let sink = sink_settings(args, file)?;
         let router = router(args, file)?;
         let config = relay_config(args, file)?;
-        let sink = SinkSettings {
-            url,
-            options: sink_options(args, file),
-        };
         if args.on_publish.is_some() || file.relay.on_publish.is_some() {
             return Err(CliError::usage(
                 "--on-publish applies to the polling source: the CDC relay never changes \
@@ -410,6 +410,7 @@ mod cdc_settings {
                 .unwrap_or(defaults.batch_size),
             max_in_flight: file.relay.max_in_flight.unwrap_or(defaults.max_in_flight),
             max_buffered: file.cdc.max_buffered.unwrap_or(defaults.max_buffered),
+            max_retained_wal: super::max_retained_wal(file),
             retry: config.retry,
             dead_letters_block: config.poll.dead_letters_block,
         };
@@ -423,4 +424,13 @@ mod cdc_settings {
             notes,
         })
     }
+}
+
+/// The retained-WAL warning threshold: `[cdc] max_retained_wal`, else 1 GiB. The CDC relay warns
+/// past it, and `outbox status` flags slots past it.
+pub fn max_retained_wal(file: &FileConfig) -> u64 {
+    file.cdc.max_retained_wal.map_or(
+        outbox_relay::store::replication::DEFAULT_MAX_RETAINED_WAL,
+        |b| b.as_u64(),
+    )
 }

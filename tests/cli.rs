@@ -351,3 +351,50 @@ async fn an_older_schema_asks_for_migrate_and_migrate_upgrades_it() {
     .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn status_check_fails_on_old_pending_events_and_dead_letters() {
+    let path = temp_path("check.db");
+    std::fs::File::create(&path).unwrap();
+    let url = format!("sqlite:{}", path.display());
+    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+
+    let r = outbox(Some(&url), &["status", "--check"]).await;
+    assert_eq!(
+        r.code, 0,
+        "an empty outbox passes: {}{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stdout.starts_with("ok: 0 pending"), "{}", r.stdout);
+
+    // A 30-day-old pending event and a dead letter.
+    cleanup_fixture(&url, false).await;
+    let r = outbox(Some(&url), &["status", "--check"]).await;
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let line = r.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(
+        line.contains("oldest pending event is 30.0d old (--max-age 5.0m)"),
+        "{line}"
+    );
+    assert!(line.contains("1 dead letter"), "{line}");
+
+    let r = outbox(Some(&url), &["status", "--check", "--max-age", "60d"]).await;
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("oldest pending"), "{}", r.stderr);
+    assert!(r.stderr.contains("dead letter"), "{}", r.stderr);
+
+    let r = outbox(
+        Some(&url),
+        &[
+            "status",
+            "--check",
+            "--max-age",
+            "60d",
+            "--allow-dead-letters",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let _ = std::fs::remove_file(&path);
+}

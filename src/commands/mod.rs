@@ -26,7 +26,10 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<(), CliError> {
             #[cfg(feature = "cdc")]
             RelaySettings::Cdc(s) => cdc::run(s).await,
         },
-        Command::Status { json } => status::run(&connect(&cli, &file).await?, *json).await,
+        Command::Status(args) => {
+            let max_retained_wal = settings::max_retained_wal(&file);
+            status::run(&connect(&cli, &file).await?, args, max_retained_wal).await
+        }
         Command::Dlq(cmd) => dlq::run(&connect(&cli, &file).await?, cmd).await,
         Command::Cleanup(args) => cleanup::run(&connect(&cli, &file).await?, args).await,
     }

@@ -1,13 +1,19 @@
-//! `outbox status [--json]`: pending, oldest pending age, retrying, dead letters, and the
-//! database's replication slots with their lag.
+//! `outbox status [--json] [--check]`: pending, oldest pending age, retrying, dead letters,
+//! and the database's replication slots with their lag and retained WAL. `--check` turns it
+//! into a probe for cron jobs and exec checks: one line, exit 1 when something is wrong.
 
+use outbox_relay::store::Status;
 use outbox_relay::Store;
 
+use crate::cli::StatusArgs;
 use crate::error::CliError;
 
-pub async fn run(store: &Store, json: bool) -> Result<(), CliError> {
+pub async fn run(store: &Store, args: &StatusArgs, max_retained_wal: u64) -> Result<(), CliError> {
     let status = store.status().await?;
-    if json {
+    if args.check {
+        return check(&status, args);
+    }
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&status).map_err(|e| CliError::runtime(e.to_string()))?
@@ -28,18 +34,73 @@ pub async fn run(store: &Store, json: bool) -> Result<(), CliError> {
     if status.dead_letters > 0 {
         println!("  see `outbox dlq list`; `outbox dlq replay` re-delivers them");
     }
-    #[cfg(feature = "cdc")]
     for slot in &status.replication_slots {
         println!(
-            "slot {:<16} {:<8} lag {} (confirmed {})",
+            "slot {:<16} {:<8} lag {} (confirmed {}), retains {} of WAL",
             slot.slot,
             if slot.active { "active" } else { "inactive" },
             slot.lag_bytes
                 .map_or_else(|| "?".into(), |b| format!("{b} bytes")),
             slot.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+            slot.retained_wal_bytes.map_or_else(
+                || "?".into(),
+                |b| bytesize::ByteSize::b(b.max(0) as u64).to_string()
+            ),
+        );
+        let retained = slot.retained_wal_bytes.unwrap_or(0).max(0) as u64;
+        if retained > max_retained_wal {
+            println!(
+                "  warning: retains more than {} of WAL ([cdc] max_retained_wal): is its relay \
+                 running? A slot nobody reads keeps WAL until the disk is full; drop it with \
+                 SELECT pg_drop_replication_slot('{}') if it is abandoned",
+                bytesize::ByteSize::b(max_retained_wal),
+                slot.slot
+            );
+        }
+        if slot.wal_status.as_deref() == Some("lost") {
+            println!(
+                "  warning: the server removed WAL this slot still needed (wal_status = lost)"
+            );
+        }
+    }
+    if status.max_slot_wal_keep_size_bytes == Some(-1) {
+        println!(
+            "warning: max_slot_wal_keep_size is unlimited: a stalled slot keeps WAL until the disk \
+             is full (see README, \"CDC slot safety\")"
         );
     }
     Ok(())
+}
+
+/// `--check`: one line; an error (exit 1) naming what is wrong.
+fn check(status: &Status, args: &StatusArgs) -> Result<(), CliError> {
+    let age = status.oldest_pending_age_seconds.unwrap_or(0.0);
+    let mut problems = Vec::new();
+    if age > args.max_age.as_secs_f64() {
+        problems.push(format!(
+            "the oldest pending event is {} old (--max-age {})",
+            human_age(age),
+            human_age(args.max_age.as_secs_f64())
+        ));
+    }
+    if status.dead_letters > 0 && !args.allow_dead_letters {
+        problems.push(format!(
+            "{} dead letter{} (see `outbox dlq list`; --allow-dead-letters to accept them)",
+            status.dead_letters,
+            if status.dead_letters == 1 { "" } else { "s" }
+        ));
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: {} pending (oldest {}), {} dead letters",
+            status.pending,
+            human_age(age),
+            status.dead_letters
+        );
+        Ok(())
+    } else {
+        Err(CliError::runtime(problems.join("; ")))
+    }
 }
 
 pub fn human_age(secs: f64) -> String {

@@ -214,6 +214,14 @@ impl Store {
                     Ok(slots) => status.replication_slots = slots,
                     Err(e) => tracing::debug!(error = %e, "cannot read replication slots"),
                 }
+                if !status.replication_slots.is_empty() {
+                    match replication::max_slot_wal_keep_size(pool).await {
+                        Ok(limit) => {
+                            status.max_slot_wal_keep_size_bytes = Some(limit.unwrap_or(-1))
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot read max_slot_wal_keep_size"),
+                    }
+                }
                 Ok(status)
             }
             Store::Sqlite(s) => sqlite::status(&s.pool).await,
@@ -412,6 +420,10 @@ pub struct Status {
     /// replication lag in bytes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub replication_slots: Vec<ReplicationSlot>,
+    /// PostgreSQL with replication slots: the server's `max_slot_wal_keep_size` in bytes, -1
+    /// when unlimited (a stalled slot then keeps WAL until the disk is full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_slot_wal_keep_size_bytes: Option<i64>,
 }
 
 impl Status {

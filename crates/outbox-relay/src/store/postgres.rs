@@ -292,7 +292,7 @@ pub(super) async fn status(pool: &PgPool) -> Result<Status, Error> {
         oldest_pending_age_seconds: None,
         next_retry_at: row.try_get("next_retry")?,
         dead_letters: row.try_get("dead")?,
-        replication_slots: Vec::new(),
+        ..Status::default()
     }
     .finish())
 }

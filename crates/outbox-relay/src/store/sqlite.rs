@@ -270,7 +270,7 @@ pub(super) async fn status(pool: &SqlitePool) -> Result<Status, Error> {
             .as_deref()
             .and_then(parse_ts),
         dead_letters: row.try_get("dead")?,
-        replication_slots: Vec::new(),
+        ..Status::default()
     }
     .finish())
 }

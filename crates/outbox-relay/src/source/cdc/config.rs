@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::retry::RetryPolicy;
-use crate::store::replication::{validate_publication_name, validate_slot_name, TableName};
+use crate::store::replication::{
+    validate_publication_name, validate_slot_name, TableName, DEFAULT_MAX_RETAINED_WAL,
+};
 
 /// Settings of the CDC source.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct CdcOptions {
     pub standby_poll: Duration,
     /// How often the replication lag is logged.
     pub lag_log_interval: Duration,
+    /// Warn (log, `outbox status`) when the slot retains more WAL than this many bytes.
+    pub max_retained_wal: u64,
     /// Events per delivery round.
     pub batch_size: usize,
     /// Aggregates published at once within a round.
@@ -59,6 +63,7 @@ impl Default for CdcOptions {
             standby: true,
             standby_poll: Duration::from_millis(500),
             lag_log_interval: Duration::from_secs(60),
+            max_retained_wal: DEFAULT_MAX_RETAINED_WAL,
             batch_size: 4096,
             max_in_flight: 1024,
             max_buffered: 65_536,

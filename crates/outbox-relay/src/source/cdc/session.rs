@@ -40,6 +40,7 @@ const ROUNDS_IN_FLIGHT: usize = 1;
 pub struct CdcState {
     confirmed: AtomicU64,
     lag: AtomicI64,
+    retained: AtomicI64,
     streaming: AtomicBool,
     sessions: AtomicU64,
     heartbeats: AtomicU64,
@@ -53,6 +54,11 @@ impl CdcState {
     /// The replication lag in bytes at the last measurement (-1 before the first).
     pub fn lag_bytes(&self) -> i64 {
         self.lag.load(Ordering::Relaxed)
+    }
+    /// WAL bytes the server retained for the slot at the last measurement (-1 before the
+    /// first).
+    pub fn retained_wal_bytes(&self) -> i64 {
+        self.retained.load(Ordering::Relaxed)
     }
     /// Whether this relay holds the slot and streams from it.
     pub fn is_streaming(&self) -> bool {
@@ -103,6 +109,7 @@ impl CdcRelay {
         };
         let state = CdcState::default();
         state.lag.store(-1, Ordering::Relaxed);
+        state.retained.store(-1, Ordering::Relaxed);
         let stats = Stats::new("cdc", &crate::sink::kind(&*sink));
         stats.health().set_cdc(CdcPhase::Connecting);
         CdcRelay {
@@ -182,6 +189,16 @@ impl CdcRelay {
             routing = match &*self.routing { CdcRouting::Router(_) => "router", CdcRouting::EventRouter(_) => "debezium-event-router" },
             "CDC relay started"
         );
+        match replication::max_slot_wal_keep_size(&pool).await {
+            Ok(None) => tracing::warn!(
+                slot = %self.options.slot,
+                "max_slot_wal_keep_size is unlimited on this server: if this relay stops for good \
+                 without its slot being dropped, PostgreSQL keeps WAL until the disk is full \
+                 (set max_slot_wal_keep_size, and watch outbox_cdc_slot_retained_wal_bytes)"
+            ),
+            Ok(Some(_)) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read max_slot_wal_keep_size"),
+        }
         let dead_sql = self.dead_letter_sql(&pool).await?;
         let mut failures = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let mut standing_by: Option<i32> = None;
@@ -486,11 +503,16 @@ impl CdcRelay {
                 _ = lag.tick() => {
                     let (pool, state, slot_name) = (pool.clone(), self.state.clone(), self.options.slot.clone());
                     let buffered = engine.buffered();
+                    let max_retained = i64::try_from(self.options.max_retained_wal).unwrap_or(i64::MAX);
                     tokio::spawn(async move {
                         match replication::slot_state(&pool, &slot_name).await {
                             Ok(Some(s)) => {
                                 state.lag.store(s.lag_bytes, Ordering::Relaxed);
-                                tracing::info!(slot = %slot_name, lag_bytes = s.lag_bytes, confirmed = %replication::format_lsn(s.confirmed_flush), buffered, "replication lag");
+                                state.retained.store(s.retained_wal_bytes, Ordering::Relaxed);
+                                tracing::info!(slot = %slot_name, lag_bytes = s.lag_bytes, retained_wal_bytes = s.retained_wal_bytes, confirmed = %replication::format_lsn(s.confirmed_flush), buffered, "replication lag");
+                                if s.retained_wal_bytes > max_retained {
+                                    tracing::warn!(slot = %slot_name, retained_wal_bytes = s.retained_wal_bytes, max_retained_wal = max_retained, "the replication slot retains more WAL than cdc.max_retained_wal");
+                                }
                             }
                             Ok(None) => tracing::warn!(slot = %slot_name, "replication slot disappeared"),
                             Err(e) => tracing::debug!(error = %e, "measuring the replication lag failed"),
