@@ -110,12 +110,12 @@ async fn sample(store: &Store, sampled: &Sampled, g: &Gauges) -> Result<(), Erro
         gauge.set(backlog.oldest_pending_age_seconds.unwrap_or(0.0));
     }
     if let (Some(slot), Some(pool)) = (&sampled.slot, store.pg_pool()) {
-        if let Some(wal) = replication::slot_wal(pool, slot).await? {
+        if let Some(state) = replication::slot_state(pool, slot).await? {
             if let Some(lag) = &g.lag {
-                lag.set(wal.lag_bytes as f64);
+                lag.set(state.lag_bytes as f64);
             }
             if let Some(retained) = &g.retained {
-                retained.set(wal.retained_bytes as f64);
+                retained.set(state.retained_wal_bytes as f64);
             }
         }
     }

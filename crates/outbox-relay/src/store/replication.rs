@@ -8,6 +8,9 @@ use sqlx::{PgPool, Row};
 
 use crate::error::Error;
 
+/// Retained WAL past which a slot is worth a warning, unless configured otherwise: 1 GiB.
+pub const DEFAULT_MAX_RETAINED_WAL: u64 = 1 << 30;
+
 /// Prefix of the heartbeat messages the relay writes into the WAL.
 pub const HEARTBEAT_PREFIX: &str = "outbox-relay-heartbeat";
 
@@ -323,6 +326,8 @@ pub struct SlotState {
     pub confirmed_flush: u64,
     /// Bytes of WAL written since `confirmed_flush_lsn`.
     pub lag_bytes: i64,
+    /// Bytes of WAL the server keeps for the slot (since its `restart_lsn`).
+    pub retained_wal_bytes: i64,
 }
 
 /// The state of slot `name`, `None` when it does not exist.
@@ -330,7 +335,8 @@ pub async fn slot_state(pool: &PgPool, name: &str) -> Result<Option<SlotState>, 
     let row = sqlx::query(
         "SELECT active_pid,
                 COALESCE(pg_wal_lsn_diff(confirmed_flush_lsn, '0/0'), 0)::int8 AS confirmed,
-                COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 AS lag
+                COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 AS lag,
+                COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 AS retained
          FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(name)
@@ -342,34 +348,7 @@ pub async fn slot_state(pool: &PgPool, name: &str) -> Result<Option<SlotState>, 
             active_pid: r.try_get("active_pid")?,
             confirmed_flush: confirmed.max(0) as u64,
             lag_bytes: r.try_get("lag")?,
-        })
-    })
-    .transpose()
-}
-
-/// What a slot costs the server, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotWal {
-    /// WAL bytes written since `confirmed_flush_lsn`: the replication lag.
-    pub lag_bytes: i64,
-    /// WAL bytes from `restart_lsn` on, which the server keeps for the slot.
-    pub retained_bytes: i64,
-}
-
-/// Lag and retained WAL of slot `name`, `None` when it does not exist.
-pub async fn slot_wal(pool: &PgPool, name: &str) -> Result<Option<SlotWal>, Error> {
-    let row = sqlx::query(
-        "SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 AS lag,
-                COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 AS retained
-         FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| {
-        Ok(SlotWal {
-            lag_bytes: r.try_get("lag")?,
-            retained_bytes: r.try_get("retained")?,
+            retained_wal_bytes: r.try_get("retained")?,
         })
     })
     .transpose()
@@ -388,6 +367,11 @@ pub struct ReplicationSlot {
     pub confirmed_flush_lsn: Option<String>,
     /// WAL bytes written since `confirmed_flush_lsn`: the replication lag.
     pub lag_bytes: Option<i64>,
+    /// WAL bytes the server keeps for this slot (since its `restart_lsn`): what a stalled or
+    /// abandoned slot costs in disk.
+    pub retained_wal_bytes: Option<i64>,
+    /// PostgreSQL's `wal_status`: `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
 }
 
 /// Logical replication slots of the current database, with their lag.
@@ -395,7 +379,9 @@ pub async fn replication_slots(pool: &PgPool) -> Result<Vec<ReplicationSlot>, Er
     let rows = sqlx::query(
         "SELECT slot_name::text AS slot, plugin::text AS plugin, active,
                 confirmed_flush_lsn::text AS confirmed,
-                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 AS lag
+                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 AS lag,
+                pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 AS retained,
+                wal_status::text AS wal_status
          FROM pg_replication_slots
          WHERE slot_type = 'logical' AND database = current_database()
          ORDER BY slot_name",
@@ -412,9 +398,22 @@ pub async fn replication_slots(pool: &PgPool) -> Result<Vec<ReplicationSlot>, Er
                 active: r.try_get("active")?,
                 confirmed_flush_lsn: r.try_get("confirmed")?,
                 lag_bytes: r.try_get("lag")?,
+                retained_wal_bytes: r.try_get("retained")?,
+                wal_status: r.try_get("wal_status")?,
             })
         })
         .collect()
+}
+
+/// The server's `max_slot_wal_keep_size` in bytes; `None` when unlimited (-1, the default):
+/// then an abandoned slot keeps WAL until the disk is full.
+pub async fn max_slot_wal_keep_size(pool: &PgPool) -> Result<Option<i64>, Error> {
+    let mb: i64 = sqlx::query_scalar(
+        "SELECT setting::int8 FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((mb >= 0).then(|| mb.saturating_mul(1024 * 1024)))
 }
 
 /// Writes a heartbeat into the WAL (a transactional logical decoding message), so an idle or
