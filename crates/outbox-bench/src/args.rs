@@ -61,6 +61,26 @@ impl OnPublish {
     }
 }
 
+/// Whether the relay under test records its metrics into a Prometheus recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsMode {
+    /// No recorder: every metric is a no-op (the library alone).
+    Off,
+    /// The Prometheus recorder `outbox relay --listen` installs, rendered once a second as if
+    /// scraped.
+    On,
+}
+
+impl MetricsMode {
+    /// The name in the report's setup.
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricsMode::Off => "off",
+            MetricsMode::On => "on",
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "outbox-bench",
@@ -106,6 +126,11 @@ pub struct BenchArgs {
     /// Polling relay modes to measure, comma-separated: mark (set published_at), delete.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "mark,delete")]
     pub on_publish: Vec<OnPublish>,
+
+    /// Drain: run each drain without (off) and/or with (on) the Prometheus recorder, in this
+    /// order, e.g. off,on,off,on to measure the metrics' cost in one run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+    pub metrics: Vec<MetricsMode>,
 
     /// Events in each drain backlog.
     #[arg(long, default_value_t = 200_000)]

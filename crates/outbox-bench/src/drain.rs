@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::args::{BenchArgs, OnPublish, Scenario, SourceKind};
+use crate::args::{BenchArgs, MetricsMode, OnPublish, Scenario, SourceKind};
 use crate::cpu::CpuMeter;
 use crate::db::{in_chunks, load_backlog, pg, BenchDb};
 use crate::error::BenchError;
+use crate::recorder;
 use crate::report::{progress, Measurement};
 use crate::running::Running;
 use crate::sinks::{open_sink, reset_sink};
@@ -100,7 +101,16 @@ pub async fn drains(
                 SourceKind::Cdc => vec![OnPublish::Mark],
             };
             for mode in modes {
-                out.push(drain_one(args, db, source, sink, mode, 0, Scenario::Drain).await?);
+                for &metrics in &args.metrics {
+                    recorder::switch(metrics)?;
+                    let m = drain_one(args, db, source, sink, mode, 0, Scenario::Drain).await;
+                    recorder::switch(MetricsMode::Off)?;
+                    let mut m = m?;
+                    if args.metrics != [MetricsMode::Off] {
+                        m.setup.insert("metrics", json!(metrics.name()));
+                    }
+                    out.push(m);
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ mod db;
 mod drain;
 mod error;
 mod footprint;
+mod recorder;
 mod report;
 mod running;
 mod sinks;
