@@ -256,12 +256,16 @@ async fn readiness_says_the_sink_is_unreachable_while_the_relay_stays_alive() {
     );
     insert(&pool, &format!("Order{}", nats.prefix), 1).await;
     // (Right at the start it is not ready either: the database was not reached yet.)
-    let body = wait_until(Duration::from_secs(60), "/readyz naming the sink", || async {
-        get(port, "/readyz")
-            .await
-            .filter(|(s, b)| *s == 503 && b.contains("sink unreachable"))
-            .map(|(_, b)| b)
-    })
+    let body = wait_until(
+        Duration::from_secs(60),
+        "/readyz naming the sink",
+        || async {
+            get(port, "/readyz")
+                .await
+                .filter(|(s, b)| *s == 503 && b.contains("sink unreachable"))
+                .map(|(_, b)| b)
+        },
+    )
     .await;
     let why: serde_json::Value = serde_json::from_str(&body).expect("JSON from /readyz");
     assert_eq!(why["ready"], false, "{body}");
