@@ -306,6 +306,29 @@ mod tests {
     }
 
     #[test]
+    fn observe_tells_health_whether_the_sink_answered() {
+        use crate::health::Problem;
+        let stats = Stats::default();
+        stats.health().database(true);
+        let records = vec![rec(1, "a", 0), rec(2, "b", 0)];
+        let down = vec![
+            Outcome::Failed(SinkError::retryable("connection refused")),
+            Outcome::NotAttempted,
+        ];
+        observe(&records, &down, &stats);
+        let window = Duration::from_secs(60);
+        assert_eq!(stats.health().problems(window), [Problem::SinkFailing]);
+        std::thread::sleep(Duration::from_millis(3));
+        // A refusal is an answer: the sink is up, the event is the problem.
+        let refused = vec![
+            Outcome::Failed(SinkError::permanent("too big")),
+            Outcome::NotAttempted,
+        ];
+        observe(&records, &refused, &stats);
+        assert!(stats.health().problems(window).is_empty());
+    }
+
+    #[test]
     fn retry_after_is_honoured() {
         let mut e = SinkError::retryable("slow down");
         e.retry_after = Some(Duration::from_secs(3600));
