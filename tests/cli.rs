@@ -18,6 +18,21 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
     let cfg = temp_path("bad.toml");
     std::fs::write(&cfg, "[relay]\nbatchsize = 10\n").unwrap();
     let cfg_arg = cfg.to_str().unwrap().to_string();
+    // A syntax error on a line that holds a password, and a value of the wrong type.
+    let broken = temp_path("broken.toml");
+    std::fs::write(
+        &broken,
+        "[relay]\nsink = \"nats://app:hunter2@nats:4222\" oops\n",
+    )
+    .unwrap();
+    let broken_arg = broken.to_str().unwrap().to_string();
+    let mistyped = temp_path("mistyped.toml");
+    std::fs::write(
+        &mistyped,
+        "[relay]\nbatch_size = \"nats://app:hunter2@nats:4222\"\n",
+    )
+    .unwrap();
+    let mistyped_arg = mistyped.to_str().unwrap().to_string();
     let mem = Some("sqlite::memory:");
     let cases: Vec<(Option<&str>, Vec<&str>, Vec<&str>)> = vec![
         // Unknown sink scheme, with the supported ones listed.
@@ -61,6 +76,22 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
             vec!["unsupported database URL"],
         ),
         (None, vec!["status"], vec!["no database"]),
+        // A libpq key=value connection string: refused without echoing its password.
+        (
+            Some("host=db user=app password=hunter2 dbname=shop"),
+            vec!["status"],
+            vec!["unsupported database URL", "password=***"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--config", &broken_arg],
+            vec!["config file", "line 2"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--config", &mistyped_arg],
+            vec!["config file", "line 2", "nats://app:***@nats:4222"],
+        ),
         (mem, vec!["dlq", "show", "42"], vec!["is not an id"]),
         (
             mem,
@@ -89,6 +120,8 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
         }
     }
     std::fs::remove_file(&cfg).unwrap();
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::remove_file(&mistyped).unwrap();
 }
 
 #[tokio::test]
