@@ -182,7 +182,7 @@ pub enum DlqCommand {
         ids: Vec<String>,
     },
     /// Delete dead letters for good; later events of their aggregates proceed. With no ID,
-    /// every dead letter: asked on a terminal, or `--all` (needed when not on a terminal).
+    /// every dead letter (on a terminal, after asking, unless `--all`).
     Purge {
         /// Dead-letter ids or event ids.
         ids: Vec<String>,

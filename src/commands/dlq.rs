@@ -80,8 +80,8 @@ pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `dlq purge` without ids: asks on a terminal; refuses (exit 2) elsewhere, so a script must
-/// say `--all`. True when the purge may go ahead.
+/// `dlq purge` without ids: asks on a terminal. Elsewhere (scripts, as before) it goes ahead
+/// and says so on stderr. True when the purge may go ahead.
 async fn confirm_purge_all(store: &Store) -> Result<bool, CliError> {
     use std::io::{BufRead, IsTerminal, Write};
     let n = store.status().await?.dead_letters;
@@ -89,9 +89,8 @@ async fn confirm_purge_all(store: &Store) -> Result<bool, CliError> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::usage(format!(
-            "dlq purge with no ids deletes all {n} dead letters: name them, or pass --all"
-        )));
+        eprintln!("purging all {n} dead letters (no ids given)");
+        return Ok(true);
     }
     print!("delete all {n} dead letters for good? [y/N] ");
     std::io::stdout()
