@@ -21,7 +21,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
@@ -142,6 +141,80 @@ impl fmt::Debug for PgTarget {
     }
 }
 
+/// sqlx's options from the URL's host, port, user, database and the parameters not resolved
+/// here, as sqlx's own URL parser reads them, minus its password file lookup (which logs a
+/// malformed line whole, password included): the password is resolved by [`PgTarget::parse`].
+fn sqlx_base(u: &url::Url, params: &[(String, String)]) -> Result<PgConnectOptions, String> {
+    let decode = |what: &str, s: &str| {
+        percent_decode(s).ok_or_else(|| format!("the {what} is not valid percent-encoding"))
+    };
+    let mut o = PgConnectOptions::new_without_pgpass();
+    if let Some(host) = u.host_str() {
+        let decoded = decode("host", host)?;
+        o = if decoded.starts_with('/') {
+            o.socket(decoded)
+        } else {
+            o.host(host)
+        };
+    }
+    if let Some(port) = u.port() {
+        o = o.port(port);
+    }
+    if !u.username().is_empty() {
+        o = o.username(&decode("user name", u.username())?);
+    }
+    let path = u.path().trim_start_matches('/');
+    if !path.is_empty() {
+        o = o.database(&decode("database name", path)?);
+    }
+    for (k, v) in params {
+        o = match k.as_str() {
+            "host" if v.starts_with('/') => o.socket(v),
+            "host" => o.host(v),
+            "hostaddr" => {
+                v.parse::<std::net::IpAddr>()
+                    .map_err(|e| format!("hostaddr={v:?}: {e}"))?;
+                o.host(v)
+            }
+            "port" => o.port(v.parse().map_err(|_| format!("port={v:?}: not a port"))?),
+            "dbname" => o.database(v),
+            "user" => o.username(v),
+            "application_name" => o.application_name(v),
+            "statement-cache-capacity" => o.statement_cache_capacity(
+                v.parse()
+                    .map_err(|_| format!("statement-cache-capacity={v:?}: not a number"))?,
+            ),
+            // libpq's command-line options: `-c name=value` (or `--name=value`), repeated.
+            "options" => {
+                let mut pairs = Vec::new();
+                let mut words = v.split_whitespace();
+                while let Some(w) = words.next() {
+                    let setting = match w {
+                        "-c" => words.next(),
+                        w => w.strip_prefix("-c").or_else(|| w.strip_prefix("--")),
+                    };
+                    match setting.and_then(|s| s.split_once('=')) {
+                        Some((name, value)) => {
+                            pairs.push((name.replace('-', "_"), value.to_string()))
+                        }
+                        None => return Err(format!("options={v:?}: use -c name=value")),
+                    }
+                }
+                o.options(pairs)
+            }
+            k if k.starts_with("options[") && k.ends_with(']') => {
+                o.options([(&k[8..k.len() - 1], v.as_str())])
+            }
+            // Named, never with its value (a parameter may hold a secret).
+            other => {
+                tracing::warn!(parameter = other, "database URL parameter ignored");
+                o
+            }
+        };
+    }
+    Ok(o)
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -156,7 +229,7 @@ impl PgTarget {
     pub fn parse(url: &str) -> Result<PgTarget, Error> {
         let redacted = redact_url(url);
         let invalid = |why: String| Error::Config(format!("database URL {redacted}: {why}"));
-        let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         let mut password = match parsed.password() {
             Some(p) => Some(percent_decode(p).ok_or_else(|| {
                 invalid("the password is not valid percent-encoding (write % as %25)".into())
@@ -181,15 +254,7 @@ impl PgTarget {
                 _ => rest.push((k.into_owned(), v)),
             }
         }
-        // sqlx gets the URL without the parameters resolved here, then their resolved values.
-        let _ = parsed.set_password(None);
-        if rest.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(rest);
-        }
-        let base =
-            PgConnectOptions::from_str(parsed.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let base = sqlx_base(&parsed, &rest).map_err(invalid)?;
         let explicit = match mode {
             Some(m) => Some(SslMode::parse(&m).ok_or_else(|| {
                 invalid(format!(
@@ -537,6 +602,10 @@ mod tests {
         let t = target("postgres://app@db/shop?password=x%3Ay&sslmode=require");
         assert_eq!(t.password(), Some("x:y"));
         assert_eq!(t.mode, SslMode::Require);
+        let t = target("postgres://a@h/d?options=-c%20search_path%3Dx%20--lock-timeout%3D5s&application_name=y");
+        let o = t.sqlx_options();
+        assert_eq!(o.get_options(), Some("-c search_path=x -c lock_timeout=5s"));
+        assert_eq!(o.get_application_name(), Some("y"));
         // A Unix socket never uses TLS.
         let t = target("postgres://app@localhost/shop?host=/run/postgresql&sslmode=require");
         assert_eq!(t.mode, SslMode::Disable);
