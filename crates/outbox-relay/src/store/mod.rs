@@ -1,7 +1,8 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
 //! and cleanup. Every SQL statement of the relay lives here: one file per database
 //! (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
-//! publications, heartbeats; [`cdc`]: its dead letters).
+//! publications, heartbeats; [`cdc`]: its dead letters), and [`connection`]: how to reach
+//! PostgreSQL (libpq's URL parameters, TLS, the password) for every connection.
 
 #[cfg(feature = "cdc")]
 pub mod cdc;
