@@ -148,7 +148,7 @@ async fn stream_events(pg: &PgServer, pool_url: &str, replication_url: &str, eve
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cdc_streams_over_verify_full_with_scram_and_over_require_with_md5() {
+async fn cdc_streams_with_scram_md5_and_a_client_certificate() {
     let pg = require!(PgServer::start().await);
     let ca = pg.ca();
     let db = pg.create_db().await;
@@ -178,6 +178,31 @@ async fn cdc_streams_over_verify_full_with_scram_and_over_require_with_md5() {
         "sslmode=require",
     );
     stream_events(&pg, &md5, &md5_require, 20).await;
+
+    // A client certificate (`cert` authentication) on both connections; `allow` on the
+    // replication connection: refused without TLS, then connected with it.
+    let (cert, key) = require!(pg.tls.client_cert(CERT_USER));
+    let db = pg.create_db().await;
+    let with_cert = |params: &str| {
+        pg.url(
+            CERT_USER,
+            None,
+            "localhost",
+            &db,
+            &format!(
+                "{params}&sslcert={}&sslkey={}",
+                cert.display(),
+                key.display()
+            ),
+        )
+    };
+    stream_events(
+        &pg,
+        &with_cert(&format!("sslmode=verify-full&sslrootcert={ca}")),
+        &with_cert("sslmode=allow"),
+        20,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
