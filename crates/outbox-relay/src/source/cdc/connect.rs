@@ -148,7 +148,7 @@ pub(super) async fn open(target: &PgTarget) -> Result<Option<Bridge>, Error> {
         Ok(Ok(None)) if prefer => return Ok(None),
         Ok(Ok(None)) => return Err(failure(target, "server does not support TLS")),
         Ok(Err(Handshake::Io(e))) => {
-            // Not reachable: the replication client's own attempt reports it (and is retried).
+            // Not reachable, or the connection broke: retried with the session's backoff.
             return Err(Error::Io(std::io::Error::other(format!(
                 "replication connection to {}: {e}",
                 target.redacted
@@ -169,9 +169,10 @@ pub(super) async fn open(target: &PgTarget) -> Result<Option<Bridge>, Error> {
             ))))
         }
     };
+    // Short: a Unix socket's path has at most 107 bytes.
     let dir = std::env::temp_dir().join(format!(
-        "outbox-replication-{}",
-        uuid::Uuid::new_v4().simple()
+        "outbox-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
     ));
     let listener = (|| {
         use std::os::unix::fs::DirBuilderExt;
@@ -180,10 +181,12 @@ pub(super) async fn open(target: &PgTarget) -> Result<Option<Bridge>, Error> {
     })()
     .map_err(|e| {
         let _ = std::fs::remove_dir_all(&dir);
-        Error::Io(std::io::Error::other(format!(
-            "replication connection: a private socket in {}: {e}",
+        // The environment's to fix (TMPDIR unwritable, or too long a path): stop at start.
+        Error::Config(format!(
+            "replication connection over TLS: cannot make a private socket in {} ({e}); set \
+             TMPDIR to a short, writable directory",
             dir.display()
-        )))
+        ))
     })?;
     let task = tokio::spawn(async move {
         let mut tls = tls;
@@ -241,7 +244,15 @@ async fn handshake(target: &PgTarget) -> Result<Option<TlsStream>, Handshake> {
         .connect(name, tcp)
         .await
         .map(Some)
-        .map_err(Handshake::Tls)
+        .map_err(|e| {
+            // rustls's own errors (certificates, protocol) come as InvalidData; a reset or a
+            // closed connection is the network's, retried like any other.
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Handshake::Tls(e)
+            } else {
+                Handshake::Io(e)
+            }
+        })
 }
 
 /// rustls settings for the target's `sslmode`, roots and client certificate.
