@@ -188,10 +188,14 @@ pub(super) async fn open(target: &PgTarget) -> Result<Option<Bridge>, Error> {
             dir.display()
         ))
     })?;
+    let socket_dir = dir.clone();
     let task = tokio::spawn(async move {
         let mut tls = tls;
         let accepted = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await;
+        // One connection only: the socket goes at once (the accepted connection stays), so
+        // even a relay killed with SIGKILL leaves nothing behind after this point.
         drop(listener);
+        let _ = std::fs::remove_dir_all(&socket_dir);
         if let Ok(Ok((mut local, _))) = accepted {
             let _ = tokio::io::copy_bidirectional(&mut local, &mut tls).await;
             let _ = tls.shutdown().await;
