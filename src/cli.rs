@@ -186,10 +186,14 @@ pub enum DlqCommand {
         /// Dead-letter ids or event ids.
         ids: Vec<String>,
     },
-    /// Delete dead letters for good (all when no ID); later events of their aggregates proceed.
+    /// Delete dead letters for good; later events of their aggregates proceed. With no ID,
+    /// every dead letter (on a terminal, after asking, unless `--all`).
     Purge {
         /// Dead-letter ids or event ids.
         ids: Vec<String>,
+        /// Purge every dead letter without asking.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 

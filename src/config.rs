@@ -189,9 +189,37 @@ impl FileConfig {
             CliError::usage(format!(
                 "config file {}: {}",
                 path.display(),
-                e.to_string().lines().collect::<Vec<_>>().join(" ")
+                describe(&e, &text)
             ))
         })
+    }
+}
+
+/// A TOML error as one line: the parser's message and where, but never the offending line
+/// itself (it may hold a password), and with URLs in the message redacted (serde quotes the
+/// rejected value).
+fn describe(e: &toml::de::Error, text: &str) -> String {
+    let message = e
+        .message()
+        .split_whitespace()
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "\"'`,".contains(c));
+            if bare.contains("://") || bare.to_ascii_lowercase().contains("password") {
+                word.replace(bare, &outbox_relay::redact_url(bare))
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 

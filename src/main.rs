@@ -25,7 +25,12 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return report(e),
     };
-    init_logging(&cli, &file);
+    if let Err(e) = init_logging(&cli, &file) {
+        return report(e);
+    }
+    if !matches!(cli.command, Command::Relay(_)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,7 +53,21 @@ fn report(e: error::CliError) -> ExitCode {
     ExitCode::from(e.code)
 }
 
-fn init_logging(cli: &Cli, file: &config::FileConfig) {
+/// Commands that print lists (`outbox dlq list | head -1`) end quietly when the reader goes
+/// away, as Unix tools do, instead of panicking on the broken pipe. Not the relay: it has
+/// nothing to print and keeps the runtime's default (SIGPIPE ignored, errors returned).
+fn restore_sigpipe() {
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Log levels a bare `--log-level` word may name; anything else must be a directive list
+/// such as `outbox_relay=debug,info` (a bare unknown word would silence every log line).
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn init_logging(cli: &Cli, file: &config::FileConfig) -> Result<(), error::CliError> {
     let default = match cli.command {
         Command::Relay(_) => "info",
         // The demo prints its own progress and summary.
@@ -61,8 +80,16 @@ fn init_logging(cli: &Cli, file: &config::FileConfig) {
         .or_else(|| file.log.level.clone())
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
+    let bare_word = !level.contains(['=', ',', '[']);
+    if bare_word && !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+        return Err(error::CliError::usage(format!(
+            "log level {level:?}: use one of {} or directives such as \
+             outbox_relay=debug,info",
+            LEVELS.join(", ")
+        )));
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .map_err(|e| error::CliError::usage(format!("log level {level:?}: {e}")))?;
     let json = cli.log_format == Some(LogFormat::Json)
         || (cli.log_format.is_none() && file.log.format.as_deref() == Some("json"));
     let builder = tracing_subscriber::fmt()
@@ -74,4 +101,5 @@ fn init_logging(cli: &Cli, file: &config::FileConfig) {
     } else {
         builder.init();
     }
+    Ok(())
 }

@@ -18,6 +18,21 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
     let cfg = temp_path("bad.toml");
     std::fs::write(&cfg, "[relay]\nbatchsize = 10\n").unwrap();
     let cfg_arg = cfg.to_str().unwrap().to_string();
+    // A syntax error on a line that holds a password, and a value of the wrong type.
+    let broken = temp_path("broken.toml");
+    std::fs::write(
+        &broken,
+        "[relay]\nsink = \"nats://app:hunter2@nats:4222\" oops\n",
+    )
+    .unwrap();
+    let broken_arg = broken.to_str().unwrap().to_string();
+    let mistyped = temp_path("mistyped.toml");
+    std::fs::write(
+        &mistyped,
+        "[relay]\nbatch_size = \"nats://app:hunter2@nats:4222\"\n",
+    )
+    .unwrap();
+    let mistyped_arg = mistyped.to_str().unwrap().to_string();
     let mem = Some("sqlite::memory:");
     let cases: Vec<(Option<&str>, Vec<&str>, Vec<&str>)> = vec![
         // Unknown sink scheme, with the supported ones listed.
@@ -61,7 +76,38 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
             vec!["unsupported database URL"],
         ),
         (None, vec!["status"], vec!["no database"]),
+        // A libpq key=value connection string: refused without echoing its password.
+        (
+            Some("host=db user=app password=hunter2 dbname=shop"),
+            vec!["status"],
+            vec!["unsupported database URL", "password=***"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--config", &broken_arg],
+            vec!["config file", "line 2"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--config", &mistyped_arg],
+            vec!["config file", "line 2", "nats://app:***@nats:4222"],
+        ),
         (mem, vec!["dlq", "show", "42"], vec!["is not an id"]),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:extra"],
+            vec!["takes nothing after the colon"],
+        ),
+        (
+            mem,
+            vec!["status", "--log-level", "bogus"],
+            vec!["log level \"bogus\"", "trace"],
+        ),
+        (
+            mem,
+            vec!["cleanup", "--older-than", "9999999999d"],
+            vec!["--older-than is too large"],
+        ),
         (
             mem,
             vec!["cleanup", "--older-than", "soon"],
@@ -89,6 +135,8 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
         }
     }
     std::fs::remove_file(&cfg).unwrap();
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::remove_file(&mistyped).unwrap();
 }
 
 #[tokio::test]
@@ -396,5 +444,80 @@ async fn status_check_fails_on_old_pending_events_and_dead_letters() {
     )
     .await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn migrate_creates_a_missing_sqlite_file_and_purging_everything_says_so() {
+    let path = temp_path("created-by-migrate.db");
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite:{}", path.display());
+    let r = outbox(Some(&url), &["migrate"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(path.exists(), "migrate created {}", path.display());
+
+    // One dead letter among other rows.
+    cleanup_fixture(&url, false).await;
+    // Not on a terminal, with no ids: as before, everything, and it says so.
+    let r = outbox(Some(&url), &["dlq", "purge"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("purging all 1 dead letters"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("purged 1"), "{}", r.stdout);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
+    use tokio::io::AsyncBufReadExt;
+    let path = temp_path("pipe.db");
+    std::fs::File::create(&path).unwrap();
+    let url = format!("sqlite:{}", path.display());
+    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+    {
+        let store = outbox_relay::Store::connect(&url, &Default::default())
+            .await
+            .unwrap();
+        let pool = store.sqlite_pool().unwrap();
+        for n in 0..2000 {
+            sqlx::query(
+                "INSERT INTO outbox_dead_letter (original_id, seq, aggregate_type, aggregate_id,
+                     event_type, payload, created_at, retry_count, error, failed_at)
+                 VALUES (?, ?, 'T', 'a', 'E', '{}', '2026-01-01T00:00:00Z', 1, 'x',
+                         '2026-01-01T00:00:00Z')",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(n)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+    // `outbox dlq list --limit 2000 | head -1`: read one line, then close the pipe.
+    let mut child = tokio::process::Command::new(bin())
+        .args(["dlq", "list", "--limit", "2000"])
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .await
+        .unwrap();
+    assert!(!first.is_empty());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("dlq list ended")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
     let _ = std::fs::remove_file(&path);
 }

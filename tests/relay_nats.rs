@@ -351,3 +351,58 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_zero() {
     assert!(published < 20_000, "stopped before the end of the backlog");
     nats.cleanup().await;
 }
+
+/// Runs a relay at trace level with credentials in the NATS URL until it delivered one event;
+/// returns everything it logged.
+async fn logs_of_a_relay_with(sink: &str, db: &TestDb, nats: &TestNats) -> String {
+    let pool = migrate(db).await;
+    let stream = nats.stream();
+    let agg_type = format!("Order{}", nats.prefix);
+    sqlx::query(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ($1, 'o-1', 'OrderCreated', '{}')",
+    )
+    .bind(&agg_type)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let log = std::env::temp_dir().join(format!("outbox-secret-{}.log", nats.prefix));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["relay", "--sink", sink, "--nats-stream", &stream])
+        .args(["--log-level", "trace", "--poll-interval", "200ms"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_stream_len(nats, &stream, 1, Duration::from_secs(20)).await;
+    let _ = child.kill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("relay started"), "the relay logged: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_credentials_never_reach_the_logs_even_at_trace_level() {
+    for sink in [
+        "nats://planted-user:PLANTED-SECRET-pass@127.0.0.1:4222",
+        "nats://PLANTED-SECRET-token@127.0.0.1:4222",
+    ] {
+        let db = require!(TestDb::create().await);
+        let nats = require!(TestNats::connect().await);
+        let logs = logs_of_a_relay_with(sink, &db, &nats).await;
+        let leaks: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("PLANTED-SECRET"))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "{sink}: {} lines leak it: {leaks:#?}",
+            leaks.len()
+        );
+        nats.cleanup().await;
+    }
+}

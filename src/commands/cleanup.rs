@@ -15,7 +15,9 @@ pub async fn run(store: &Store, args: &CleanupArgs) -> Result<(), CliError> {
     }
     let retention = chrono::Duration::from_std(args.older_than)
         .map_err(|_| CliError::usage("--older-than is too large"))?;
-    let cutoff = chrono::Utc::now() - retention;
+    let cutoff = chrono::Utc::now()
+        .checked_sub_signed(retention)
+        .ok_or_else(|| CliError::usage("--older-than is too large"))?;
     let total = store.count_cleanable(cutoff).await?;
     if args.dry_run {
         println!(

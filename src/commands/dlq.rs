@@ -67,12 +67,43 @@ pub async fn run(store: &Store, cmd: &DlqCommand) -> Result<(), CliError> {
                 )));
             }
         }
-        DlqCommand::Purge { ids } => {
+        DlqCommand::Purge { ids, all } => {
             let parsed = parse_ids(ids)?;
+            if parsed.is_empty() && !*all && !confirm_purge_all(store).await? {
+                return Ok(());
+            }
             let filter = (!parsed.is_empty()).then_some(parsed.as_slice());
             let n = store.purge(filter).await?;
             println!("purged {n} dead letter(s)");
         }
     }
     Ok(())
+}
+
+/// `dlq purge` without ids: asks on a terminal. Elsewhere (scripts, as before) it goes ahead
+/// and says so on stderr. True when the purge may go ahead.
+async fn confirm_purge_all(store: &Store) -> Result<bool, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let n = store.status().await?.dead_letters;
+    if n == 0 {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("purging all {n} dead letters (no ids given)");
+        return Ok(true);
+    }
+    print!("delete all {n} dead letters for good? [y/N] ");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes");
+    if !yes {
+        println!("nothing purged");
+    }
+    Ok(yes)
 }

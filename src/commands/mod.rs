@@ -20,7 +20,7 @@ use crate::settings::{self, RelaySettings};
 pub async fn run(cli: Cli, file: FileConfig) -> Result<(), CliError> {
     match &cli.command {
         Command::Demo(args) => demo::run(args).await,
-        Command::Migrate => migrate::run(&connect(&cli, &file).await?).await,
+        Command::Migrate => migrate::run(&connect_creating(&cli, &file).await?).await,
         Command::Relay(args) => match settings::relay(&cli, args, &file)? {
             RelaySettings::Poll(s) => relay::run(s).await,
             #[cfg(feature = "cdc")]
@@ -37,9 +37,19 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<(), CliError> {
 
 /// The configured database, with the two connections an administrative command needs.
 async fn connect(cli: &Cli, file: &FileConfig) -> Result<Store, CliError> {
+    open(cli, file, false).await
+}
+
+/// Like [`connect`], creating a missing SQLite file (`outbox migrate` makes the database).
+async fn connect_creating(cli: &Cli, file: &FileConfig) -> Result<Store, CliError> {
+    open(cli, file, true).await
+}
+
+async fn open(cli: &Cli, file: &FileConfig, create_sqlite_file: bool) -> Result<Store, CliError> {
     let url = settings::database_url(cli, file)?;
     let options = ConnectOptions {
         max_connections: 2,
+        create_sqlite_file,
         ..ConnectOptions::default()
     };
     Ok(Store::connect(&url, &options).await?)

@@ -23,10 +23,16 @@ pub struct Run {
 
 /// Runs `outbox ARGS` with `DATABASE_URL=db_url` (if given) and waits (bounded) for it.
 pub async fn outbox(db_url: Option<&str>, args: &[&str]) -> Run {
+    outbox_with_env(db_url, &[], args).await
+}
+
+/// [`outbox`] with more environment variables (e.g. `PGPASSWORD`).
+pub async fn outbox_with_env(db_url: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("OUTBOX_SINK")
+        .envs(env.iter().copied())
         .kill_on_drop(true);
     if let Some(url) = db_url {
         cmd.env("DATABASE_URL", url);

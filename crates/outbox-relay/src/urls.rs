@@ -5,10 +5,21 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Replaces the password of a URL, and the values of query parameters whose names say
-/// `password`, `secret` or `token`, with `***`, for logs and error messages.
+/// Replaces the password of a URL, the token of a NATS URL (`nats://TOKEN@host`: a user name
+/// without a password is a token there), and the values of query parameters whose names say
+/// `password`, `secret` or `token`, with `***`, for logs and error messages. A string that is
+/// not a URL keeps nothing after an `@`, nor the value of a `password=` setting (a libpq
+/// `key=value` connection string).
 ///
 /// ```
+/// assert_eq!(
+///     outbox_relay::redact_url("nats://s3cret@127.0.0.1:4222"),
+///     "nats://***@127.0.0.1:4222"
+/// );
+/// assert_eq!(
+///     outbox_relay::redact_url("host=db user=app password=s3cret dbname=shop"),
+///     "host=db user=app password=*** dbname=shop"
+/// );
 /// assert_eq!(
 ///     outbox_relay::redact_url("postgres://app:s3cret@db:5432/shop"),
 ///     "postgres://app:***@db:5432/shop"
@@ -30,11 +41,17 @@ pub fn redact_url(raw: &str) -> String {
                     .any(|s| k.contains(s))
             };
             let secret_query = u.query_pairs().any(|(k, _)| secret(&k));
-            if u.password().is_none() && !secret_query {
+            let token = u.password().is_none()
+                && !u.username().is_empty()
+                && matches!(u.scheme(), "nats" | "tls");
+            if u.password().is_none() && !secret_query && !token {
                 return raw.to_string();
             }
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
+            }
+            if token {
+                let _ = u.set_username("***");
             }
             if secret_query {
                 let pairs: Vec<(String, String)> = u
@@ -52,6 +69,8 @@ pub fn redact_url(raw: &str) -> String {
             }
             u.to_string()
         }
+        // A libpq `key=value` connection string: mask the password's value.
+        Err(_) if raw.to_ascii_lowercase().contains("password") => mask_password_setting(raw),
         // Not a URL we can parse: never echo something that may hold a secret after '@'.
         Err(_) => match raw.rfind('@') {
             Some(at) => match raw[..at].find("://") {
@@ -63,11 +82,48 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// Masks the value of every `password = value` setting of a libpq `key=value` string (spaces
+/// around `=` allowed, the value bare or single-quoted with `\'` escapes).
+fn mask_password_setting(raw: &str) -> String {
+    let lower = raw.to_ascii_lowercase();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(found) = lower[i..].find("password") {
+        let key_end = i + found + "password".len();
+        out.push_str(&raw[i..key_end]);
+        let rest = &raw[key_end..];
+        let after_eq = rest.trim_start();
+        let Some(value) = after_eq.strip_prefix('=') else {
+            i = key_end;
+            continue;
+        };
+        let value_start = key_end + (rest.len() - after_eq.len()) + 1;
+        let value = value.trim_start();
+        let skipped = raw.len() - value_start - value.len();
+        out.push_str(&raw[key_end..value_start + skipped]);
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let close = quoted.char_indices().find(|&(_, c)| {
+                let end = c == '\'' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            });
+            close.map_or(value.len(), |(at, _)| at + 2)
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("***");
+        i = value_start + skipped + len;
+    }
+    out.push_str(&raw[i..]);
+    out
+}
+
 /// Decodes the `%XX` escapes of a URL part (a user name, a password, a vhost) with the
 /// `percent-encoding` crate. `None` for a malformed escape (`%` not followed by two hex digits:
 /// in credentials that is a typo, refused rather than guessed) or bytes that are not UTF-8.
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "cdc")),
+    not(any(feature = "nats", feature = "amqp", feature = "mqtt", feature = "cdc")),
     allow(dead_code)
 )]
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
@@ -170,6 +226,16 @@ mod tests {
 
     #[test]
     fn booleans_and_escapes() {
+        assert_eq!(
+            mask_password_setting("host=db password = 'a b\\'c' user=u"),
+            "host=db password = *** user=u"
+        );
+        assert_eq!(
+            mask_password_setting("PASSWORD=x sslmode=require"),
+            "PASSWORD=*** sslmode=require"
+        );
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact_url("redis://app@h:6379"), "redis://app@h:6379");
         assert_eq!(boolean("x", "yes"), Ok(true));
         let p = Param {
             name: "n",

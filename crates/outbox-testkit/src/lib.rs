@@ -6,8 +6,12 @@
 
 use std::time::Duration;
 
+mod postgres;
 mod proxy;
 mod tls;
+pub use postgres::{
+    url_encode, PgServer, APP_PASSWORD, APP_USER, CERT_USER, MD5_PASSWORD, MD5_USER,
+};
 pub use proxy::Proxy;
 pub use tls::{free_port, write_file, ChildServer, TlsFiles, TlsProxy};
 

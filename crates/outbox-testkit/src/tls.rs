@@ -85,6 +85,56 @@ impl TlsFiles {
     }
 }
 
+impl TlsFiles {
+    /// A client certificate for `common_name` (PostgreSQL's `cert` authentication maps it to
+    /// the user of that name), signed by this CA: `(certificate, key)`. `None` (reported) when
+    /// `openssl` fails.
+    pub fn client_cert(&self, common_name: &str) -> Option<(PathBuf, PathBuf)> {
+        let d = self.dir.display().to_string();
+        let p = |name: &str| format!("{d}/{name}");
+        let ext = write_file(
+            &self.dir,
+            "client-ext.cnf",
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        );
+        let (cert, key, csr) = (
+            format!("client-{common_name}.pem"),
+            format!("client-{common_name}.key"),
+            format!("client-{common_name}.csr"),
+        );
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let steps = [
+            format!(
+                "req {ec} -keyout {} -out {} -subj /CN={common_name}",
+                p(&key),
+                p(&csr)
+            ),
+            format!(
+                "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -out {} -days 2 -extfile {}",
+                p(&csr),
+                p("ca.pem"),
+                p("ca.key"),
+                p(&cert),
+                ext.display()
+            ),
+        ];
+        for step in steps {
+            let out = Command::new("openssl")
+                .args(step.split(' '))
+                .stdin(Stdio::null())
+                .output();
+            let failure = match out {
+                Ok(o) if o.status.success() => continue,
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            crate::unavailable("the openssl command", &failure);
+            return None;
+        }
+        Some((self.dir.join(cert), self.dir.join(key)))
+    }
+}
+
 impl Drop for TlsFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -146,6 +146,12 @@ pub async fn from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Sink>,
     let _ = options;
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
     match scheme {
+        "stdout" | "noop" if !matches!(&url[scheme.len() + 1..], "" | "//") => {
+            Err(crate::Error::Config(format!(
+                "sink {:?}: {scheme}: takes nothing after the colon (write {scheme}:)",
+                crate::redact_url(url)
+            )))
+        }
         "stdout" => Ok(Arc::new(StdoutSink::new())),
         "noop" => Ok(Arc::new(NoopSink)),
         "file" => {

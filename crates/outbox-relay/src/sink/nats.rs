@@ -17,7 +17,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 
 use super::{Message, Sink, SinkError};
-use crate::urls::apply_params;
+use crate::urls::{apply_params, percent_decode};
 
 /// NATS JetStream settings (config section `[nats]`, or URL query `?stream=NAME`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -82,9 +82,29 @@ impl NatsSink {
                 options.stream
             )));
         }
+        // Credentials go to the client as options, never inside the server address: the
+        // client logs its addresses (at debug level) as they are.
         let mut server = parsed.clone();
         server.set_query(None);
-        let client = async_nats::ConnectOptions::new()
+        let _ = server.set_username("");
+        let _ = server.set_password(None);
+        let decode = |s: &str, what: &str| {
+            percent_decode(s).ok_or_else(|| {
+                crate::Error::Config(format!(
+                    "invalid NATS URL {redacted}: the {what} is not valid percent-encoding"
+                ))
+            })
+        };
+        let mut connect = async_nats::ConnectOptions::new();
+        match (parsed.username(), parsed.password()) {
+            ("", None) => {}
+            (token, None) => connect = connect.token(decode(token, "token")?),
+            (user, Some(pass)) => {
+                connect =
+                    connect.user_and_password(decode(user, "user name")?, decode(pass, "password")?)
+            }
+        }
+        let client = connect
             .name("outbox-relay")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))

@@ -1,15 +1,16 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
 //! and cleanup. Every SQL statement of the relay lives here: one file per database
 //! (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
-//! publications, heartbeats; [`cdc`]: its dead letters).
+//! publications, heartbeats; [`cdc`]: its dead letters), and [`connection`]: how to reach
+//! PostgreSQL (libpq's URL parameters, TLS, the password) for every connection.
 
 #[cfg(feature = "cdc")]
 pub mod cdc;
+pub mod connection;
 mod postgres;
 pub mod replication;
 mod sqlite;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -93,6 +94,8 @@ impl Backend {
 
 impl Store {
     /// Connects, checking the database is reachable now (a wrong URL fails here, not later).
+    /// PostgreSQL URLs take libpq's parameters ([`connection`]: `sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`, the password from the URL, `PGPASSWORD` or `~/.pgpass`).
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Store, Error> {
         let redacted = redact_url(url);
         let connect_err = |e: sqlx::Error| Error::Connect {
@@ -101,43 +104,29 @@ impl Store {
         };
         match Backend::from_url(url)? {
             Backend::Postgres => {
-                let opts = sqlx::postgres::PgConnectOptions::from_str(url)
-                    .map_err(|e| Error::Config(format!("invalid database URL {redacted}: {e}")))?
-                    .application_name("outbox")
-                    // Every statement of the relay walks an index in order (pending rows by seq,
-                    // rows by seq, published rows by time). A plan made while the table was small
-                    // or not yet analyzed (statistics lag a burst of events by a minute) must not
-                    // turn into a scan of the whole table or of every pending row: no sequential
-                    // or bitmap scans for the relay's sessions.
-                    .options([
-                        ("enable_seqscan", "off"),
-                        ("enable_bitmapscan", "off"),
-                        (
-                            "synchronous_commit",
-                            if options.asynchronous_commit {
-                                "off"
-                            } else {
-                                "on"
-                            },
-                        ),
-                    ]);
+                let mut target = connection::PgTarget::parse(url)?;
                 // One direct attempt first: a refused or misconfigured connection is reported
-                // at once, instead of after the pool's retries run out.
-                let first = tokio::time::timeout(
-                    options.connect_timeout,
-                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
-                )
-                .await
-                .map_err(|_| Error::Connect {
-                    url: redacted.clone(),
-                    reason: format!("no answer within {:?}", options.connect_timeout),
-                })?
-                .map_err(connect_err)?;
+                // at once, instead of after the pool's retries run out. `prefer` and `allow`
+                // get libpq's second attempt; the pool then uses what worked.
+                let first = match Self::try_postgres(&target, options).await {
+                    Ok(c) => c,
+                    Err(raw) => match target.fallback(&raw) {
+                        Some(next) => match Self::try_postgres(&next, options).await {
+                            Ok(c) => {
+                                tracing::info!(sslmode = next.mode.as_str(), first_attempt = %target.explain(&raw), "connected on the second attempt");
+                                target = next;
+                                c
+                            }
+                            Err(_) => return Err(target.connect_error(&raw)),
+                        },
+                        None => return Err(target.connect_error(&raw)),
+                    },
+                };
                 let _ = sqlx::Connection::close(first).await;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(options.max_connections.max(1))
                     .acquire_timeout(options.connect_timeout)
-                    .connect_lazy_with(opts);
+                    .connect_lazy_with(Self::session_options(&target, options));
                 Ok(Store::Postgres(pool))
             }
             Backend::Sqlite => Ok(Store::Sqlite(
@@ -148,6 +137,51 @@ impl Store {
                         other => other,
                     })?,
             )),
+        }
+    }
+
+    /// The relay's session settings on top of the target's connection options.
+    fn session_options(
+        target: &connection::PgTarget,
+        options: &ConnectOptions,
+    ) -> sqlx::postgres::PgConnectOptions {
+        target
+            .sqlx_options()
+            .application_name("outbox")
+            // Every statement of the relay walks an index in order (pending rows by seq,
+            // rows by seq, published rows by time). A plan made while the table was small
+            // or not yet analyzed (statistics lag a burst of events by a minute) must not
+            // turn into a scan of the whole table or of every pending row: no sequential
+            // or bitmap scans for the relay's sessions.
+            .options([
+                ("enable_seqscan", "off"),
+                ("enable_bitmapscan", "off"),
+                (
+                    "synchronous_commit",
+                    if options.asynchronous_commit {
+                        "off"
+                    } else {
+                        "on"
+                    },
+                ),
+            ])
+    }
+
+    /// One connection attempt, bounded by the connect timeout; the error's text on failure.
+    async fn try_postgres(
+        target: &connection::PgTarget,
+        options: &ConnectOptions,
+    ) -> Result<sqlx::PgConnection, String> {
+        let opts = Self::session_options(target, options);
+        match tokio::time::timeout(
+            options.connect_timeout,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", options.connect_timeout)),
         }
     }
 

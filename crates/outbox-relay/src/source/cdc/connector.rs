@@ -24,7 +24,8 @@ pub struct Connector {
     /// The connector's `name`, when the file has one.
     pub name: Option<String>,
     /// A `postgres://` URL from `database.hostname`, `database.port`, `database.user`,
-    /// `database.password`, `database.dbname` and `database.sslmode`; `None` without a host or
+    /// `database.password`, `database.dbname` and `database.sslmode`, `database.sslrootcert`,
+    /// `database.sslcert`, `database.sslkey` (libpq's parameters); `None` without a host or
     /// database name.
     pub database_url: Option<String>,
     /// `slot.name` (Debezium's default `debezium`).
@@ -175,7 +176,10 @@ impl Connector {
                 get("database.user"),
                 cfg.get("database.password").map(String::as_str),
                 db,
-                get("database.sslmode"),
+                &["sslmode", "sslrootcert", "sslcert", "sslkey"]
+                    .iter()
+                    .filter_map(|p| Some((*p, get(&format!("database.{p}"))?)))
+                    .collect::<Vec<_>>(),
             )?),
             _ => None,
         };
@@ -244,7 +248,7 @@ fn database_url(
     user: Option<&str>,
     password: Option<&str>,
     db: &str,
-    sslmode: Option<&str>,
+    tls: &[(&str, &str)],
 ) -> Result<String, String> {
     let mut u = url::Url::parse("postgres://localhost/")
         .map_err(|e| format!("cannot build the database URL: {e}"))?;
@@ -271,8 +275,8 @@ fn database_url(
             .map_err(|_| "database.password: cannot be set".to_string())?;
     }
     u.set_path(&format!("/{db}"));
-    if let Some(mode) = sslmode {
-        u.query_pairs_mut().append_pair("sslmode", mode);
+    if !tls.is_empty() {
+        u.query_pairs_mut().extend_pairs(tls);
     }
     Ok(u.to_string())
 }
@@ -353,7 +357,8 @@ mod tests {
         let c = Connector::parse(
             r#"{"connector.class": "io.debezium.connector.postgresql.PostgresConnector",
                 "database.hostname": "db", "database.dbname": "orders", "database.user": "a b",
-                "database.password": "p@ss/w:rd", "database.sslmode": "disable",
+                "database.password": "p@ss/w:rd", "database.sslmode": "verify-full",
+                "database.sslrootcert": "/etc/ca.pem",
                 "slot.name": "s1", "publication.name": "p1", "publication.autocreate.mode": "disabled",
                 "table.whitelist": "inventory.outboxevent", "heartbeat.interval.ms": 5000,
                 "snapshot.mode": "initial",
@@ -365,7 +370,7 @@ mod tests {
         let url = c.database_url.unwrap();
         assert_eq!(
             url,
-            "postgres://a%20b:p%40ss%2Fw%3Ard@db/orders?sslmode=disable"
+            "postgres://a%20b:p%40ss%2Fw%3Ard@db/orders?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
         );
         assert_eq!((c.slot.as_str(), c.publication.as_str()), ("s1", "p1"));
         assert!(!c.create_publication);

@@ -10,6 +10,7 @@
 //! ```
 //!
 //! `session.rs` supervises it all ([`CdcRelay`]: standby, reconnects, heartbeats, lag),
+//! `connect.rs` opens the replication connection (the database URL's libpq parameters, TLS),
 //! `config.rs` holds the settings ([`CdcOptions`]); every SQL statement is in
 //! [`crate::store::replication`] (slot, publication, checks) and [`crate::store::cdc`] (dead
 //! letters).
@@ -34,6 +35,7 @@
 //!   application's job (Debezium users often delete in the same transaction).
 
 mod config;
+mod connect;
 pub mod connector;
 mod engine;
 pub mod pgoutput;

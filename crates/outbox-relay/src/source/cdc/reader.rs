@@ -1,126 +1,19 @@
 //! The reader task of a replication session: takes the `pgwire-replication` stream, decodes
 //! `pgoutput`, assembles transactions, maps their rows (contract columns or Debezium's
 //! EventRouter) and hands [`Item`]s to the engine in commit order, through a bounded channel;
-//! confirmed LSNs come back and go to the server as standby status updates. Also the
-//! replication connection's settings and how its errors are classified.
+//! confirmed LSNs come back and go to the server as standby status updates.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
-};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::CdcOptions;
 use super::engine::Item;
 use super::pgoutput::{self, PgOutput};
 use super::rows::{self, Commit, RowMapper, Target};
 use crate::error::Error;
 use crate::route::debezium::InvalidOperation;
-use crate::urls::{percent_decode, redact_url};
-
-/// The PID in "replication slot … is active for PID n" (SQLSTATE 55006).
-pub(super) fn busy_pid(e: &PgWireError) -> Option<String> {
-    let PgWireError::Server(msg) = e else {
-        return None;
-    };
-    if !msg.contains("55006") {
-        return None;
-    }
-    Some(
-        msg.split("PID")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("?")
-            .to_string(),
-    )
-}
-
-/// Classifies a replication connection error: authentication and privilege problems are
-/// configuration errors (exit status 2), the rest is retried.
-pub(super) fn wire_error(e: PgWireError, url: &str) -> Error {
-    let text = e.to_string();
-    let config = match &e {
-        PgWireError::Auth(_) | PgWireError::Tls(_) => true,
-        PgWireError::Server(m) => ["28000", "28P01", "42501", "3D000"]
-            .iter()
-            .any(|code| m.contains(&format!("SQLSTATE {code}"))),
-        _ => false,
-    };
-    let msg = format!("replication connection to {}: {text}", redact_url(url));
-    if config {
-        Error::Config(msg)
-    } else {
-        Error::Io(std::io::Error::other(msg))
-    }
-}
-
-/// The replication connection's settings from the database URL.
-pub(super) fn replication_config(
-    url: &str,
-    o: &CdcOptions,
-    start: u64,
-) -> Result<ReplicationConfig, Error> {
-    use sqlx::postgres::{PgConnectOptions, PgSslMode};
-    let redacted = redact_url(url);
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| Error::Config(format!("invalid database URL {redacted}: {e}")))?;
-    if matches!(
-        opts.get_ssl_mode(),
-        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-    ) {
-        return Err(Error::Config(format!(
-            "{redacted}: sslmode={:?} is not available for the CDC replication connection in \
-             this build (pgwire-replication without TLS); use sslmode=disable/prefer on a \
-             trusted network or --source poll",
-            opts.get_ssl_mode()
-        )));
-    }
-    let password = match url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_string))
-    {
-        Some(p) => percent_decode(&p).ok_or_else(|| {
-            Error::Config(format!(
-                "{redacted}: the password is not valid percent-encoding (write % as %25)"
-            ))
-        })?,
-        None => std::env::var("PGPASSWORD").unwrap_or_default(),
-    };
-    let user = opts.get_username().to_string();
-    let database = opts.get_database().unwrap_or(&user).to_string();
-    let cfg = match opts.get_socket() {
-        Some(dir) => ReplicationConfig::unix(
-            dir.to_string_lossy(),
-            opts.get_port(),
-            user,
-            password,
-            database,
-            o.slot.clone(),
-            o.publication.clone(),
-        ),
-        None => ReplicationConfig::new(
-            opts.get_host(),
-            user,
-            password,
-            database,
-            o.slot.clone(),
-            o.publication.clone(),
-        )
-        .with_port(opts.get_port()),
-    };
-    Ok(cfg
-        .with_tls(TlsConfig::disabled())
-        .with_start_lsn(Lsn(start))
-        .with_status_interval(o.status_interval)
-        .with_wakeup_interval(Duration::from_secs(10))
-        .with_buffer_size(16_384)
-        .with_application_name("outbox-relay-cdc")
-        // Render values the way the decoder reads them (timestamps in ISO, UTC).
-        .with_options("-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"))
-}
 
 /// Rate-limits a repeated warning: the first at once, then one summary per interval.
 struct Throttle {
@@ -346,38 +239,4 @@ pub(super) async fn read(
         client.abort();
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replication_settings_from_urls() {
-        let o = CdcOptions::default();
-        let c = replication_config("postgres://app:p%40ss@db.example:6543/shop", &o, 7).unwrap();
-        assert_eq!(c.host, "db.example");
-        assert_eq!(c.port, 6543);
-        assert_eq!(c.user, "app");
-        assert_eq!(c.password, "p@ss");
-        assert_eq!(c.database, "shop");
-        assert_eq!(c.start_lsn, Lsn(7));
-        let e = replication_config("postgres://a:secret@h/db?sslmode=require", &o, 0).unwrap_err();
-        assert!(e.is_config() && !e.to_string().contains("secret"), "{e}");
-    }
-
-    #[test]
-    fn busy_and_config_errors() {
-        let busy = PgWireError::Server(
-            "replication slot \"s\" is active for PID 4242 (SQLSTATE 55006)".into(),
-        );
-        assert_eq!(busy_pid(&busy).as_deref(), Some("4242"));
-        assert!(busy_pid(&PgWireError::Server("x (SQLSTATE 42704)".into())).is_none());
-        let e = wire_error(
-            PgWireError::Server("must be superuser or replication role (SQLSTATE 42501)".into()),
-            "postgres://u:pw@h/d",
-        );
-        assert!(e.is_config() && !e.to_string().contains("pw@"), "{e}");
-        assert!(!wire_error(PgWireError::Protocol("x".into()), "postgres://h/d").is_config());
-    }
 }

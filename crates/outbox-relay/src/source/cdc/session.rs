@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::config::CdcOptions;
+use super::connect::{self, busy_pid, replication_config, wire_error};
 use super::engine::{Engine, EngineConfig, Item, Parts};
-use super::reader::{busy_pid, read, replication_config, wire_error};
+use super::reader::read;
 use super::rows::{self, CdcRouting, RowMapper};
 use crate::error::Error;
 use crate::health::CdcPhase;
@@ -26,9 +27,9 @@ use crate::route::Router;
 use crate::sink::Sink;
 use crate::stats::Stats;
 use crate::store::cdc::{self as store_cdc, Blocked, CapturedTable};
+use crate::store::connection::PgTarget;
 use crate::store::replication;
 use crate::store::Store;
-use crate::urls::redact_url;
 
 /// Delivery rounds out at once. The engine keeps aggregates out of overlapping rounds, so
 /// more are safe; with NATS JetStream on a 2-core machine two rounds measured slower (about
@@ -147,7 +148,7 @@ impl CdcRelay {
     /// streamed.
     pub async fn prepare(&self) -> Result<(), Error> {
         self.options.validate()?;
-        replication_config(&self.url, &self.options, 0)?;
+        PgTarget::parse(&self.url)?;
         let pool = self.pool()?;
         replication::check_wal_level(pool).await?;
         replication::check_replication_privilege(pool).await?;
@@ -318,30 +319,47 @@ impl CdcRelay {
             self.options.create_publication,
         )
         .await?;
-        let cfg = replication_config(&self.url, &self.options, start)?;
-        let mut client = ReplicationClient::connect(cfg)
-            .await
-            .map_err(|e| self.wire_error(e))?;
-        let started = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(SessionEnd::Stopped),
-            r = tokio::time::timeout(Duration::from_secs(30), client.wait_started()) => r,
-        };
-        match started {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                if let Some(pid) = busy_pid(&e) {
-                    return Ok(SessionEnd::SlotBusy(pid));
+        // libpq's second attempt (`prefer` without TLS, `allow` with it) when the first one
+        // fails in a way it covers; the first attempt's failure is the one reported.
+        let first = PgTarget::parse(&self.url)?;
+        let mut target = first.clone();
+        let mut first_error: Option<PgWireError> = None;
+        let (client, _bridge) = loop {
+            let bridge = connect::open(&target).await?;
+            let cfg = replication_config(&target, bridge.as_ref(), &self.options, start);
+            let mut client = ReplicationClient::connect(cfg)
+                .await
+                .map_err(|e| wire_error(e, &first))?;
+            let started = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Stopped),
+                r = tokio::time::timeout(Duration::from_secs(30), client.wait_started()) => r,
+            };
+            match started {
+                Ok(Ok(())) => break (client, bridge),
+                Ok(Err(e)) => {
+                    if let Some(pid) = busy_pid(&e) {
+                        return Ok(SessionEnd::SlotBusy(pid));
+                    }
+                    if let Some(first_error) = first_error {
+                        return Err(wire_error(first_error, &first));
+                    }
+                    match target.fallback(&e.to_string()) {
+                        Some(next) => {
+                            target = next;
+                            first_error = Some(e);
+                        }
+                        None => return Err(wire_error(e, &first)),
+                    }
                 }
-                return Err(self.wire_error(e));
+                Err(_) => {
+                    client.abort();
+                    return Err(Error::Io(std::io::Error::other(format!(
+                        "the replication connection to {} did not start within 30s",
+                        target.redacted
+                    ))));
+                }
             }
-            Err(_) => {
-                client.abort();
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "the replication connection to {} did not start within 30s",
-                    redact_url(&self.url)
-                ))));
-            }
-        }
+        };
         self.state.sessions.fetch_add(1, Ordering::Relaxed);
         self.state.confirmed.store(start, Ordering::Relaxed);
         self.state.streaming.store(true, Ordering::Relaxed);
@@ -537,10 +555,6 @@ impl CdcRelay {
             self.state.confirmed.store(lsn, Ordering::Relaxed);
             confirm.send_replace(lsn);
         }
-    }
-
-    fn wire_error(&self, e: PgWireError) -> Error {
-        wire_error(e, &self.url)
     }
 }
 
