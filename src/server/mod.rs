@@ -58,16 +58,10 @@ fn recorder() -> Result<PrometheusHandle, CliError> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(names::DELIVERY_LATENCY.into()),
-            stats::LATENCY_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(names::CLAIM_BATCH_SIZE.into()),
-                stats::BATCH_SIZE_BUCKETS,
-            )
+    let handle = stats::HISTOGRAMS
+        .iter()
+        .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+            b.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
         })
         .and_then(|b| b.install_recorder())
         .map_err(|e| CliError::runtime(format!("cannot install the metrics recorder: {e}")))?;

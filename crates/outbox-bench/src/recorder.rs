@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
-use outbox_relay::stats::{self, names};
+use outbox_relay::stats;
 
 use crate::args::MetricsMode;
 use crate::error::BenchError;
@@ -62,16 +62,10 @@ fn install() -> Result<Arc<AtomicBool>, BenchError> {
     if let Some(on) = SWITCH.get() {
         return Ok(on.clone());
     }
-    let inner = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(names::DELIVERY_LATENCY.into()),
-            stats::LATENCY_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(names::CLAIM_BATCH_SIZE.into()),
-                stats::BATCH_SIZE_BUCKETS,
-            )
+    let inner = stats::HISTOGRAMS
+        .iter()
+        .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+            b.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
         })
         .map_err(|e| BenchError::runtime(format!("metrics recorder: {e}")))?
         .build_recorder();

@@ -55,6 +55,12 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     100000.0,
 ];
 
+/// Every histogram with its buckets, for the recorder that exports them.
+pub const HISTOGRAMS: [(&str, &[f64]); 2] = [
+    (names::DELIVERY_LATENCY, LATENCY_BUCKETS),
+    (names::CLAIM_BATCH_SIZE, BATCH_SIZE_BUCKETS),
+];
+
 /// Registers every metric's help text with the installed recorder (call it once, after
 /// installing one).
 pub fn describe_metrics() {
