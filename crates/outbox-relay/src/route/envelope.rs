@@ -110,6 +110,11 @@ impl Envelope {
                 }
             };
             for (k, v) in map {
+                if let Some(why) = reserved_header(&k, &headers) {
+                    return Err(format!(
+                        "the row's header {k:?} would shadow {why}; rename it (e.g. \"x-{k}\")"
+                    ));
+                }
                 let v = match v {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
@@ -118,6 +123,33 @@ impl Envelope {
             }
         }
         Ok(headers)
+    }
+}
+
+/// Header names the sinks set themselves, beside the envelope's: the message key (NATS, AMQP,
+/// MQTT, Redis), the value (Redis), JetStream's dedupe id, the webhook's topic and key, and the
+/// Standard Webhooks headers.
+const SINK_HEADERS: [&str; 8] = [
+    "key",
+    "value",
+    "nats-msg-id",
+    "outbox-topic",
+    "outbox-key",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Why a row header named `name` may not travel: it would shadow a header the envelope sets
+/// (`id`, the key consumers dedupe by, first of all) or one a sink sets. Compared without case,
+/// as HTTP, NATS and AMQP consumers often do.
+fn reserved_header(name: &str, envelope: &[(String, String)]) -> Option<&'static str> {
+    if envelope.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        Some("a header the relay sets")
+    } else if SINK_HEADERS.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+        Some("a header a sink sets")
+    } else {
+        None
     }
 }
 
@@ -354,6 +386,26 @@ mod tests {
         let mut bad = r.clone();
         bad.headers = Some("[1]".into());
         assert!(Envelope::Reference.headers(&bad).is_err());
+        // A row header may not shadow the relay's own, whatever its case.
+        for (name, envelope) in [
+            ("id", Envelope::Reference),
+            ("ID", Envelope::Debezium),
+            ("Nats-Msg-Id", Envelope::Reference),
+            ("key", Envelope::Debezium),
+            ("Event_Type", Envelope::Reference),
+        ] {
+            let mut forged = r.clone();
+            forged.headers = Some(format!(r#"{{"{name}": "forged"}}"#));
+            let e = envelope.headers(&forged).unwrap_err();
+            assert!(
+                e.contains("would shadow") && e.contains(name),
+                "{name}: {e}"
+            );
+        }
+        // Debezium's envelope sets no event_type header, so a row may.
+        let mut own = r.clone();
+        own.headers = Some(r#"{"event_type": "mine"}"#.into());
+        assert!(Envelope::Debezium.headers(&own).is_ok());
     }
 
     #[test]
