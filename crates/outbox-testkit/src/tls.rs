@@ -62,20 +62,7 @@ impl TlsFiles {
                 p("ext.cnf")
             ),
         ];
-        for step in steps {
-            // The temporary directory's path has no spaces.
-            let out = Command::new("openssl")
-                .args(step.split(' '))
-                .stdin(Stdio::null())
-                .output();
-            let failure = match out {
-                Ok(o) if o.status.success() => continue,
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            crate::unavailable("the openssl command", &failure);
-            return None;
-        }
+        openssl(&steps)?;
         // Servers that drop root privileges must still read the key.
         for f in std::fs::read_dir(&files.dir).ok()?.flatten() {
             use std::os::unix::fs::PermissionsExt;
@@ -118,19 +105,7 @@ impl TlsFiles {
                 ext.display()
             ),
         ];
-        for step in steps {
-            let out = Command::new("openssl")
-                .args(step.split(' '))
-                .stdin(Stdio::null())
-                .output();
-            let failure = match out {
-                Ok(o) if o.status.success() => continue,
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            crate::unavailable("the openssl command", &failure);
-            return None;
-        }
+        openssl(&steps)?;
         Some((self.dir.join(cert), self.dir.join(key)))
     }
 }
@@ -272,4 +247,23 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     let _ = std::fs::write(&path, text);
     path
+}
+
+/// Runs `openssl` once per step (arguments split on spaces: the temporary directory's path has
+/// none). `None`, reported, at the first failure.
+fn openssl(steps: &[String]) -> Option<()> {
+    for step in steps {
+        let out = Command::new("openssl")
+            .args(step.split(' '))
+            .stdin(Stdio::null())
+            .output();
+        let failure = match out {
+            Ok(o) if o.status.success() => continue,
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        crate::unavailable("the openssl command", &failure);
+        return None;
+    }
+    Some(())
 }
