@@ -23,13 +23,26 @@ pub struct Message {
     pub headers: Vec<(String, String)>,
 }
 
-/// Whether a failed publish may succeed later.
+/// Whose failure a failed publish is, and whether it may succeed later.
+///
+/// Only the *message's* failures count toward `max_attempts`: [`ErrorKind::Retryable`] and
+/// [`ErrorKind::Permanent`]. A sink that cannot be reached, timed out as a whole or refuses the
+/// relay's credentials fails every message alike; that is [`ErrorKind::Unavailable`], which
+/// never counts as an attempt and never dead-letters: the relay backs off and holds order
+/// until the sink is back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Broker down, timeout, throttled: try again after a backoff.
+    /// The broker answered and failed *this message* in a way that may pass later (a nack,
+    /// an error status for this request): counts as an attempt, retried with backoff, and
+    /// dead-lettered after `max_attempts`.
     Retryable,
-    /// The broker will never accept this message (too large, rejected): dead-letter it now.
+    /// The broker will never accept this message (too large, rejected, cannot be routed):
+    /// dead-letter it now.
     Permanent,
+    /// The sink itself is down: unreachable, connection lost, timed out as a whole,
+    /// throttling, or refusing the relay's credentials. Not the message's fault: not counted,
+    /// never dead-lettered; the relay backs off and tries again.
+    Unavailable,
 }
 
 /// A failed publish.
@@ -62,9 +75,25 @@ impl SinkError {
         }
     }
 
-    /// True for [`ErrorKind::Retryable`].
+    /// A failure of the sink rather than of the message: unreachable, timed out as a whole,
+    /// refusing credentials. Never counted as an attempt.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: ErrorKind::Unavailable,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// True when trying again may succeed: [`ErrorKind::Retryable`] or
+    /// [`ErrorKind::Unavailable`].
     pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Retryable
+        self.kind != ErrorKind::Permanent
+    }
+
+    /// True for [`ErrorKind::Unavailable`]: the sink, not the message, failed.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == ErrorKind::Unavailable
     }
 }
 
