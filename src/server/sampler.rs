@@ -87,13 +87,13 @@ pub async fn run(
         })
         .await;
         match outcome {
-            Ok(Ok(())) => stats.health().database(true),
+            Ok(Ok(())) => stats.health().database_sampled(true),
             Ok(Err(e)) => {
-                stats.health().database(false);
+                stats.health().database_sampled(false);
                 tracing::debug!(error = %e, "sampling the metrics' gauges failed");
             }
             Err(_) => {
-                stats.health().database(false);
+                stats.health().database_sampled(false);
                 tracing::debug!("sampling the metrics' gauges timed out");
             }
         }

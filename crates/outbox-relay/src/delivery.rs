@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use crate::health::Change;
 use crate::message::{ErrorKind, SinkError};
 use crate::record::Record;
 use crate::retry::RetryPolicy;
@@ -77,7 +78,10 @@ pub async fn deliver(
     if outcomes.contains(&Outcome::Delivered) {
         if let Err(e) = sink.flush().await {
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
-                *o = Outcome::Failed(SinkError::retryable(format!("flush: {e}")));
+                *o = Outcome::Failed(SinkError {
+                    message: format!("flush: {e}"),
+                    ..e.clone()
+                });
             }
         }
     }
@@ -86,10 +90,13 @@ pub async fn deliver(
 
 /// Records what a delivered batch says about the relay in `stats`: failed attempts by kind,
 /// the time from each acknowledged event's creation to its acknowledgement (now), and whether
-/// the sink answered (an acknowledgement or a refusal) or only failed (for readiness).
-pub fn observe(records: &[Record], outcomes: &[Outcome], stats: &Stats) {
+/// the sink answered (an acknowledgement or a refusal of a message) or only failed (unreachable:
+/// for readiness and for the outage's backoff). Logs one line when the sink goes down (its
+/// redacted address and the cause) and one when it is back (how long it was down).
+pub fn observe(records: &[Record], outcomes: &[Outcome], sink: &dyn Sink, stats: &Stats) {
     let now = chrono::Utc::now();
-    let (mut delivered, mut retryable, mut permanent) = (0usize, 0usize, 0usize);
+    let (mut delivered, mut retryable, mut permanent, mut unavailable) = (0, 0, 0, 0);
+    let mut cause = None;
     for (r, o) in records.iter().zip(outcomes) {
         match o {
             Outcome::Delivered => {
@@ -97,18 +104,43 @@ pub fn observe(records: &[Record], outcomes: &[Outcome], stats: &Stats) {
                 let micros = (now - r.created_at).num_microseconds().unwrap_or(i64::MAX);
                 stats.acknowledged(micros.max(0) as f64 / 1e6);
             }
-            Outcome::Failed(e) if e.kind == ErrorKind::Permanent => permanent += 1,
-            Outcome::Failed(_) => retryable += 1,
+            Outcome::Failed(e) => match e.kind {
+                ErrorKind::Permanent => permanent += 1,
+                ErrorKind::Retryable => retryable += 1,
+                ErrorKind::Unavailable => {
+                    unavailable += 1;
+                    cause.get_or_insert(e);
+                }
+            },
             Outcome::NotAttempted => {}
         }
     }
-    stats.failures(retryable, permanent);
-    if delivered + permanent > 0 {
-        stats.health().sink(true);
-    } else if retryable > 0 {
-        stats.health().sink(false);
+    stats.failures(retryable, permanent, unavailable);
+    let change = if delivered + permanent + retryable > 0 {
+        stats.health().sink(true)
+    } else if unavailable > 0 {
+        stats.health().sink(false)
+    } else {
+        None
+    };
+    match change {
+        Some(Change::Down) => tracing::warn!(
+            sink = %sink.describe(),
+            error = %cause.map_or("", |e| e.message.as_str()),
+            "sink unreachable; events wait in order and are retried with backoff (an outage is not counted as a delivery attempt)"
+        ),
+        Some(Change::Up { after }) => tracing::info!(
+            sink = %sink.describe(),
+            down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+            "sink reachable again; delivering"
+        ),
+        None => {}
     }
 }
+
+/// Longest backoff while the sink is down, whatever the retry policy's `max`: a long outage
+/// must not leave the relay asleep for minutes once the sink is back.
+pub const OUTAGE_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What to do with an event whose delivery failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +149,9 @@ pub enum Verdict {
     Retry {
         /// How long the event (and the rest of its aggregate) waits.
         delay: Duration,
+        /// Whether this failure counts toward `max_attempts` (the message's failure) or not
+        /// (the sink was unavailable).
+        counted: bool,
     },
     /// Give up: move it to the dead-letter table with `reason`.
     DeadLetter {
@@ -125,25 +160,56 @@ pub enum Verdict {
     },
 }
 
-/// The retry / dead-letter decision for an event that has now failed `failures` times (this
-/// failure included): a permanent error dead-letters at once, a retryable one waits with
-/// backoff until the policy's attempts are used up.
-pub fn judge(error: &SinkError, failures: u32, policy: &RetryPolicy) -> Verdict {
-    if error.kind == ErrorKind::Permanent {
-        Verdict::DeadLetter {
+/// The retry / dead-letter decision for an event that had failed `earlier` times before this
+/// failure. A permanent error dead-letters at once; a retryable one counts and waits with
+/// backoff until the policy's attempts are used up; an unavailable sink is not the message's
+/// failure: it does not count, never dead-letters, and waits by the outage's backoff, grown by
+/// `outage` (failed reports in a row, see [`crate::health::Health::sink_failures_in_a_row`])
+/// and capped at [`OUTAGE_MAX_BACKOFF`].
+pub fn judge(error: &SinkError, earlier: u32, policy: &RetryPolicy, outage: u32) -> Verdict {
+    let asked = error.retry_after.unwrap_or(Duration::ZERO);
+    match error.kind {
+        ErrorKind::Permanent => Verdict::DeadLetter {
             reason: error.message.clone(),
+        },
+        ErrorKind::Unavailable => {
+            let capped = RetryPolicy {
+                max: policy.max.min(OUTAGE_MAX_BACKOFF),
+                base: policy.base.min(OUTAGE_MAX_BACKOFF),
+                ..policy.clone()
+            };
+            Verdict::Retry {
+                delay: capped.delay(outage.max(1)).max(asked),
+                counted: false,
+            }
         }
-    } else if policy.exhausted(failures) {
-        Verdict::DeadLetter {
-            reason: format!("gave up after {failures} attempts: {}", error.message),
-        }
-    } else {
-        Verdict::Retry {
-            delay: policy
-                .delay(failures)
-                .max(error.retry_after.unwrap_or(Duration::ZERO)),
+        ErrorKind::Retryable => {
+            let failures = earlier.saturating_add(1);
+            if policy.exhausted(failures) {
+                Verdict::DeadLetter {
+                    reason: format!("gave up after {failures} attempts: {}", error.message),
+                }
+            } else {
+                Verdict::Retry {
+                    delay: policy.delay(failures).max(asked),
+                    counted: true,
+                }
+            }
         }
     }
+}
+
+/// An event that failed and waits: when to try it again and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Postponed {
+    /// The event's `seq`.
+    pub seq: i64,
+    /// How long it (and the rest of its aggregate) waits.
+    pub delay: Duration,
+    /// The failure, kept in `last_error`.
+    pub error: String,
+    /// Whether the failure counts toward `max_attempts` (adds one to `retry_count`).
+    pub counted: bool,
 }
 
 /// What happened to each event of a polled batch, as the store records it.
@@ -151,8 +217,8 @@ pub fn judge(error: &SinkError, failures: u32, policy: &RetryPolicy) -> Verdict 
 pub struct Settlement {
     /// Acknowledged by the sink: mark published.
     pub published: Vec<i64>,
-    /// Failed: count the attempt, keep `error`, try again after `delay`.
-    pub retry: Vec<(i64, Duration, String)>,
+    /// Failed: keep the error, try again after the delay (counting the attempt or not).
+    pub retry: Vec<Postponed>,
     /// Give up: move to the dead-letter table with `error`.
     pub dead: Vec<(i64, String)>,
     /// Delete published rows instead of setting `published_at` (delete-on-publish mode).
@@ -167,32 +233,46 @@ impl Settlement {
 }
 
 /// Turns a polled batch's outcomes into the database writes: published, retry later, or
-/// dead-letter (by [`judge`], counting the row's earlier failures).
-pub fn plan(records: &[Record], outcomes: &[Outcome], retry: &RetryPolicy) -> Settlement {
+/// dead-letter (by [`judge`], counting the row's earlier failures; `outage` as there).
+pub fn plan(
+    records: &[Record],
+    outcomes: &[Outcome],
+    retry: &RetryPolicy,
+    outage: u32,
+) -> Settlement {
     let mut s = Settlement::default();
     let mut first_error: Option<&str> = None;
+    let mut counted = 0usize;
     for (r, o) in records.iter().zip(outcomes) {
         match o {
             Outcome::Delivered => s.published.push(r.seq),
             Outcome::NotAttempted => {}
             Outcome::Failed(e) => {
-                first_error.get_or_insert(&e.message);
-                let failures = u32::try_from(r.retry_count.max(0))
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(1);
-                match judge(e, failures, retry) {
+                let earlier = u32::try_from(r.retry_count.max(0)).unwrap_or(u32::MAX);
+                match judge(e, earlier, retry, outage) {
                     Verdict::DeadLetter { reason } => {
-                        tracing::warn!(id = %r.id, seq = r.seq, attempts = failures, error = %e, "event cannot be delivered; moving it to the dead-letter table");
+                        tracing::warn!(id = %r.id, seq = r.seq, attempts = earlier.saturating_add(1), error = %e, "event cannot be delivered; moving it to the dead-letter table");
                         s.dead.push((r.seq, reason));
                     }
-                    Verdict::Retry { delay } => s.retry.push((r.seq, delay, e.message.clone())),
+                    Verdict::Retry { delay, counted: c } => {
+                        if c {
+                            first_error.get_or_insert(&e.message);
+                            counted += 1;
+                        }
+                        s.retry.push(Postponed {
+                            seq: r.seq,
+                            delay,
+                            error: e.message.clone(),
+                            counted: c,
+                        });
+                    }
                 }
             }
         }
     }
-    if !s.retry.is_empty() {
+    if counted > 0 {
         tracing::warn!(
-            failed = s.retry.len(),
+            failed = counted,
             error = first_error.unwrap_or(""),
             "deliveries failed; retrying with backoff"
         );
@@ -296,10 +376,11 @@ mod tests {
             Outcome::Failed(SinkError::permanent("too big")),
             Outcome::Delivered,
         ];
-        let s = plan(&records, &outcomes, &policy);
+        let s = plan(&records, &outcomes, &policy, 0);
         assert_eq!(s.published, vec![4]);
         assert_eq!(s.retry.len(), 1);
-        assert_eq!(s.retry[0].0, 1);
+        assert_eq!(s.retry[0].seq, 1);
+        assert!(s.retry[0].counted);
         assert_eq!(s.dead.len(), 2);
         assert_eq!(s.dead[0], (2, "gave up after 3 attempts: y".to_string()));
         assert_eq!(s.dead[1], (3, "too big".to_string()));
@@ -312,10 +393,15 @@ mod tests {
         stats.health().database(true);
         let records = vec![rec(1, "a", 0), rec(2, "b", 0)];
         let down = vec![
-            Outcome::Failed(SinkError::retryable("connection refused")),
+            Outcome::Failed(SinkError::unavailable("connection refused")),
             Outcome::NotAttempted,
         ];
-        observe(&records, &down, &stats);
+        let sink = Recorder {
+            seen: Mutex::default(),
+            fail: vec![],
+            permanent: false,
+        };
+        observe(&records, &down, &sink, &stats);
         let window = Duration::from_secs(60);
         assert_eq!(stats.health().problems(window), [Problem::SinkFailing]);
         std::thread::sleep(Duration::from_millis(3));
@@ -324,7 +410,7 @@ mod tests {
             Outcome::Failed(SinkError::permanent("too big")),
             Outcome::NotAttempted,
         ];
-        observe(&records, &refused, &stats);
+        observe(&records, &refused, &sink, &stats);
         assert!(stats.health().problems(window).is_empty());
     }
 
@@ -336,7 +422,43 @@ mod tests {
             &[rec(1, "a", 0)],
             &[Outcome::Failed(e)],
             &RetryPolicy::default(),
+            0,
         );
-        assert!(s.retry[0].1 >= Duration::from_secs(300));
+        assert!(s.retry[0].delay >= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn an_unavailable_sink_never_counts_nor_dead_letters() {
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(600),
+            jitter: 0.0,
+        };
+        let down = SinkError::unavailable("connection refused");
+        for outage in [0, 1, 5, 50, u32::MAX] {
+            let v = judge(&down, 1_000, &policy, outage);
+            let Verdict::Retry { delay, counted } = v else {
+                panic!("an outage dead-lettered an event: {v:?}");
+            };
+            assert!(!counted);
+            assert!(delay <= OUTAGE_MAX_BACKOFF, "{delay:?}");
+        }
+        assert_eq!(
+            judge(&down, 0, &policy, 3),
+            Verdict::Retry {
+                delay: Duration::from_millis(800),
+                counted: false
+            }
+        );
+        // The message's own failure counts and is dead-lettered once the attempts are used.
+        assert!(matches!(
+            judge(&SinkError::retryable("nack"), 0, &policy, 0),
+            Verdict::DeadLetter { .. }
+        ));
+        let s = plan(&[rec(1, "a", 9)], &[Outcome::Failed(down)], &policy, 2);
+        assert!(s.dead.is_empty());
+        assert_eq!(s.retry.len(), 1);
+        assert!(!s.retry[0].counted);
     }
 }

@@ -6,7 +6,7 @@
 //! The probes' policy (how old is too old) belongs to whoever serves them: [`Health::alive`]
 //! and [`Health::problems`] take it as arguments.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where a CDC relay is: it streams only while it holds its replication slot.
@@ -35,7 +35,25 @@ pub struct Health {
     database_failed: AtomicU64,
     sink_ok: AtomicU64,
     sink_failed: AtomicU64,
+    /// When the sink went down (a stamp), zero while it is up.
+    sink_down: AtomicU64,
+    /// Failed rounds in a row while the sink is down.
+    sink_rounds: AtomicU32,
+    /// When the database went down (a stamp), zero while it is up.
+    database_down: AtomicU64,
     cdc: AtomicU8,
+}
+
+/// A change of a connection's state: what deserves one log line (the repeats do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It was up (or not tried yet) and failed.
+    Down,
+    /// It failed earlier and answers again.
+    Up {
+        /// How long it was down.
+        after: Duration,
+    },
 }
 
 impl Default for Health {
@@ -47,6 +65,9 @@ impl Default for Health {
             database_failed: AtomicU64::new(0),
             sink_ok: AtomicU64::new(0),
             sink_failed: AtomicU64::new(0),
+            sink_down: AtomicU64::new(0),
+            sink_rounds: AtomicU32::new(0),
+            database_down: AtomicU64::new(0),
             cdc: AtomicU8::new(PHASE_NONE),
         }
     }
@@ -83,8 +104,36 @@ impl Health {
         self.beat.store(self.now(), Ordering::Relaxed);
     }
 
-    /// The database answered (`true`) or failed (`false`).
-    pub fn database(&self, ok: bool) {
+    /// The database answered (`true`) or failed (`false`); returns the change of state, if
+    /// this report is one (only one caller sees each change, however many report at once).
+    pub fn database(&self, ok: bool) -> Option<Change> {
+        let slot = if ok {
+            &self.database_ok
+        } else {
+            &self.database_failed
+        };
+        let now = self.now();
+        slot.store(now, Ordering::Relaxed);
+        self.transition(&self.database_down, ok, now)
+    }
+
+    /// The sink answered (`true`: acknowledged or refused a message) or failed to (`false`:
+    /// unreachable, timed out); returns the change of state, if this report is one.
+    pub fn sink(&self, ok: bool) -> Option<Change> {
+        let slot = if ok { &self.sink_ok } else { &self.sink_failed };
+        let now = self.now();
+        slot.store(now, Ordering::Relaxed);
+        if ok {
+            self.sink_rounds.store(0, Ordering::Relaxed);
+        } else {
+            self.sink_rounds.fetch_add(1, Ordering::Relaxed);
+        }
+        self.transition(&self.sink_down, ok, now)
+    }
+
+    /// A side check of the database (the metrics sampler) answered or failed: counts for
+    /// readiness, but the loops that use the database report and log its changes of state.
+    pub fn database_sampled(&self, ok: bool) {
         let slot = if ok {
             &self.database_ok
         } else {
@@ -93,10 +142,32 @@ impl Health {
         slot.store(self.now(), Ordering::Relaxed);
     }
 
-    /// The sink answered (`true`: acknowledged or refused a message) or failed to (`false`).
-    pub fn sink(&self, ok: bool) {
-        let slot = if ok { &self.sink_ok } else { &self.sink_failed };
-        slot.store(self.now(), Ordering::Relaxed);
+    fn transition(&self, down_since: &AtomicU64, ok: bool, now: u64) -> Option<Change> {
+        if ok {
+            if down_since.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let since = down_since.swap(0, Ordering::Relaxed);
+            (since != 0).then(|| Change::Up {
+                after: Duration::from_millis(now.saturating_sub(since)),
+            })
+        } else {
+            down_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                .ok()
+                .map(|_| Change::Down)
+        }
+    }
+
+    /// Reports in a row that the sink failed (zero while it answers): how far an outage's
+    /// backoff has grown.
+    pub fn sink_failures_in_a_row(&self) -> u32 {
+        self.sink_rounds.load(Ordering::Relaxed)
+    }
+
+    /// How long the sink has been down, `None` while it is up.
+    pub fn sink_down_for(&self) -> Option<Duration> {
+        self.age(self.sink_down.load(Ordering::Relaxed))
     }
 
     /// Records the CDC relay's phase.
@@ -193,6 +264,23 @@ mod tests {
         assert_eq!(h.problems(Duration::from_secs(30)), [Problem::Standby]);
         h.set_cdc(CdcPhase::Streaming);
         assert!(h.problems(Duration::from_secs(30)).is_empty());
+    }
+
+    #[test]
+    fn each_change_of_state_is_reported_once() {
+        let h = Health::default();
+        assert_eq!(h.sink(true), None, "up from the start is no change");
+        assert_eq!(h.sink(false), Some(Change::Down));
+        assert_eq!(h.sink(false), None);
+        assert_eq!(h.sink_failures_in_a_row(), 2);
+        assert!(h.sink_down_for().is_some());
+        assert!(matches!(h.sink(true), Some(Change::Up { .. })));
+        assert_eq!(h.sink(true), None);
+        assert_eq!(h.sink_failures_in_a_row(), 0);
+        assert_eq!(h.sink_down_for(), None);
+        assert_eq!(h.database(false), Some(Change::Down));
+        assert_eq!(h.database(false), None);
+        assert!(matches!(h.database(true), Some(Change::Up { .. })));
     }
 
     #[test]

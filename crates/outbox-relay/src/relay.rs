@@ -178,8 +178,9 @@ impl Worker {
         } = &*self;
         while let Some(claim) = source.next_batch(&shutdown).await {
             let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
-            observe(&claim.records, &outcomes, stats);
-            let mut settlement = plan(&claim.records, &outcomes, &config.retry);
+            observe(&claim.records, &outcomes, &**sink, stats);
+            let outage = stats.health().sink_failures_in_a_row();
+            let mut settlement = plan(&claim.records, &outcomes, &config.retry, outage);
             settlement.delete_published = config.poll.delete_published;
             let (ok, failed, dead) = (
                 settlement.published.len(),
@@ -193,7 +194,9 @@ impl Worker {
                 }
                 Err(e) => {
                     stats.error();
-                    stats.health().database(false);
+                    // The claim loop reports the database's state changes; this batch's
+                    // loss of its bookkeeping is worth its own line.
+                    let _ = stats.health().database(false);
                     tracing::warn!(
                         error = %e,
                         events = ok + failed + dead,

@@ -19,7 +19,7 @@ pub use crate::health::Health;
 pub mod names {
     /// Counter: events acknowledged by the sink and recorded as delivered.
     pub const EVENTS_DELIVERED: &str = "outbox_events_delivered_total";
-    /// Counter: failed delivery attempts, by `kind` (`retryable`, `permanent`).
+    /// Counter: failed delivery attempts, by `kind` (`retryable`, `permanent`, `unavailable`).
     pub const DELIVERY_FAILURES: &str = "outbox_delivery_failures_total";
     /// Counter: events moved to the dead-letter table.
     pub const EVENTS_DEAD_LETTERED: &str = "outbox_events_dead_lettered_total";
@@ -72,7 +72,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         DELIVERY_FAILURES,
-        "Failed delivery attempts, by kind: retryable (retried with backoff) or permanent."
+        "Failed delivery attempts, by kind: retryable (the message failed; retried with backoff, counted), permanent (dead-lettered) or unavailable (the sink could not be reached; not counted)."
     );
     describe_counter!(
         EVENTS_DEAD_LETTERED,
@@ -133,6 +133,7 @@ struct Meters {
     delivered: Counter,
     retryable: Counter,
     permanent: Counter,
+    unavailable: Counter,
     dead_lettered: Counter,
     latency: Histogram,
     batch_size: Histogram,
@@ -144,6 +145,7 @@ impl Default for Meters {
             delivered: Counter::noop(),
             retryable: Counter::noop(),
             permanent: Counter::noop(),
+            unavailable: Counter::noop(),
             dead_lettered: Counter::noop(),
             latency: Histogram::noop(),
             batch_size: Histogram::noop(),
@@ -166,6 +168,7 @@ impl Meters {
             delivered: metrics::counter!(names::EVENTS_DELIVERED, labels.clone()),
             retryable: metrics::counter!(names::DELIVERY_FAILURES, with_kind("retryable")),
             permanent: metrics::counter!(names::DELIVERY_FAILURES, with_kind("permanent")),
+            unavailable: metrics::counter!(names::DELIVERY_FAILURES, with_kind("unavailable")),
             dead_lettered: metrics::counter!(names::EVENTS_DEAD_LETTERED, labels.clone()),
             latency: metrics::histogram!(names::DELIVERY_LATENCY, labels.clone()),
             batch_size: metrics::histogram!(names::CLAIM_BATCH_SIZE, labels),
@@ -218,8 +221,11 @@ impl Stats {
         self.meters.batch_size.record(n as f64);
     }
 
-    /// Delivery attempts failed: `retryable` and `permanent` of them.
-    pub(crate) fn failures(&self, retryable: usize, permanent: usize) {
+    /// Delivery attempts failed: `retryable`, `permanent` and `unavailable` of them.
+    pub(crate) fn failures(&self, retryable: usize, permanent: usize, unavailable: usize) {
+        if unavailable > 0 {
+            self.meters.unavailable.increment(unavailable as u64);
+        }
         if retryable > 0 {
             self.meters.retryable.increment(retryable as u64);
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_relay::store::{ConnectOptions, Settlement, Store};
+use outbox_relay::store::{ConnectOptions, Postponed, Settlement, Store};
 use outbox_testkit::{require, TestDb};
 
 async fn store(db: &TestDb) -> Store {
@@ -59,6 +59,46 @@ async fn a_second_claim_skips_aggregates_the_first_holds() {
     all.release().await;
 }
 
+fn postponed(seq: i64, secs: u64, error: &str, counted: bool) -> Postponed {
+    Postponed {
+        seq,
+        delay: Duration::from_secs(secs),
+        error: error.into(),
+        counted,
+    }
+}
+
+#[tokio::test]
+async fn an_outage_postpones_without_counting_an_attempt() {
+    let db = require!(TestDb::create().await);
+    let s = store(&db).await;
+    insert(&s, &[("a", 1), ("a", 2)]).await;
+    for _ in 0..3 {
+        let c = s.claim(10, true).await.unwrap();
+        assert_eq!(aggs(&c), ["a1", "a2"], "held in order, never dropped");
+        let a1 = c.records[0].seq;
+        c.settle(&Settlement {
+            retry: vec![postponed(a1, 0, "connection refused", false)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (retry_count, last_error, due): (i32, String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT retry_count, last_error, next_attempt_at FROM outbox ORDER BY seq LIMIT 1",
+        )
+        .fetch_one(s.pg_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (retry_count, last_error.as_str()),
+        (0, "connection refused")
+    );
+    assert!(due.is_some(), "the outage's backoff is kept in the row");
+    assert_eq!(s.status().await.unwrap().dead_letters, 0);
+}
+
 #[tokio::test]
 async fn backoff_holds_back_its_aggregate_only() {
     let db = require!(TestDb::create().await);
@@ -67,7 +107,7 @@ async fn backoff_holds_back_its_aggregate_only() {
     let c = s.claim(1, true).await.unwrap();
     let a1 = c.records[0].seq;
     c.settle(&Settlement {
-        retry: vec![(a1, Duration::from_secs(3600), "broker down".into())],
+        retry: vec![postponed(a1, 3600, "broker nack", true)],
         ..Default::default()
     })
     .await
@@ -97,7 +137,7 @@ async fn backoff_holds_back_its_aggregate_only() {
             .fetch_one(s.pg_pool().unwrap())
             .await
             .unwrap();
-    assert_eq!((retry_count, last_error.as_str()), (1, "broker down"));
+    assert_eq!((retry_count, last_error.as_str()), (1, "broker nack"));
 }
 
 #[tokio::test]
@@ -220,7 +260,7 @@ async fn delete_on_publish_removes_delivered_rows_only() {
     let seqs: Vec<i64> = c.records.iter().map(|r| r.seq).collect();
     c.settle(&Settlement {
         published: vec![seqs[0]],
-        retry: vec![(seqs[1], Duration::from_secs(60), "later".into())],
+        retry: vec![postponed(seqs[1], 60, "later", true)],
         dead: vec![(seqs[2], "never".into())],
         delete_published: true,
     })

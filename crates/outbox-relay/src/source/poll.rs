@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::health::Change;
 use crate::retry::Backoff;
 use crate::stats::Stats;
 use crate::store::{Claim, Partition, Store};
@@ -142,6 +143,17 @@ impl PollSource {
         }
     }
 
+    /// The database answered: says so once if it had not before.
+    fn database_answered(&self) {
+        if let Some(Change::Up { after }) = self.stats.health().database(true) {
+            tracing::info!(
+                database = %self.store.describe(),
+                down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+                "database reachable again"
+            );
+        }
+    }
+
     /// Removes this worker's NOTIFY registration (on shutdown).
     pub async fn unregister(&mut self) {
         if self.registered {
@@ -172,7 +184,7 @@ impl PollSource {
                 .await
             {
                 Ok(claim) if !claim.records.is_empty() => {
-                    health.database(true);
+                    self.database_answered();
                     self.stats.claimed(claim.records.len());
                     self.errors.reset();
                     self.idle = Duration::ZERO;
@@ -185,7 +197,7 @@ impl PollSource {
                     return Some(claim);
                 }
                 Ok(claim) => {
-                    health.database(true);
+                    self.database_answered();
                     self.errors.reset();
                     let contended = claim.contended;
                     let next_due = claim.next_due;
@@ -219,12 +231,14 @@ impl PollSource {
                 }
                 Err(e) => {
                     self.stats.error();
-                    health.database(false);
+                    let change = health.database(false);
                     let pause = self.errors.fail();
                     if matches!(e, Error::Schema(_)) {
                         tracing::error!(error = %e, "cannot claim events");
+                    } else if change == Some(Change::Down) {
+                        tracing::warn!(database = %self.store.describe(), error = %e, "database unreachable; events wait, retrying with backoff");
                     } else {
-                        tracing::warn!(error = %e, retry_in = ?pause, "claiming events failed; will retry");
+                        tracing::debug!(error = %e, retry_in = ?pause, "claiming events failed; will retry");
                     }
                     pause
                 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use crate::delivery::Settlement;
+pub use crate::delivery::{Postponed, Settlement};
 use crate::error::Error;
 use crate::record::Record;
 use crate::urls::redact_url;
@@ -182,6 +182,25 @@ impl Store {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", options.connect_timeout)),
+        }
+    }
+
+    /// Where the database is, for log lines: host, port and database name, never credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Postgres(pool) => {
+                let o = pool.connect_options();
+                format!(
+                    "postgres://{}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or("")
+                )
+            }
+            Store::Sqlite(s) => format!(
+                "sqlite:{}",
+                s.pool.connect_options().get_filename().display()
+            ),
         }
     }
 

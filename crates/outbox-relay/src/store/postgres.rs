@@ -180,10 +180,10 @@ macro_rules! settle_all {
 ),
 retried AS (
     UPDATE outbox o
-    SET retry_count = o.retry_count + 1,
+    SET retry_count = o.retry_count + u.counted,
         next_attempt_at = clock_timestamp() + u.delay_ms * interval '1 millisecond',
         last_error = u.error
-    FROM unnest($3::bigint[], $4::float8[], $5::text[]) AS u(seq, delay_ms, error)
+    FROM unnest($3::bigint[], $4::float8[], $5::text[], $8::int4[]) AS u(seq, delay_ms, error, counted)
     WHERE o.seq = u.seq
 ),
 dead AS (
@@ -228,11 +228,14 @@ pub(super) async fn settle(
                 .await?;
         }
     } else {
-        let (retry_seq, retry_delay, retry_err): (Vec<i64>, Vec<f64>, Vec<String>) = s
+        let retry_seq: Vec<i64> = s.retry.iter().map(|p| p.seq).collect();
+        let retry_delay: Vec<f64> = s
             .retry
             .iter()
-            .map(|(seq, d, e)| (*seq, d.as_secs_f64() * 1000.0, truncate_error(e)))
+            .map(|p| p.delay.as_secs_f64() * 1000.0)
             .collect();
+        let retry_err: Vec<String> = s.retry.iter().map(|p| truncate_error(&p.error)).collect();
+        let retry_counted: Vec<i32> = s.retry.iter().map(|p| i32::from(p.counted)).collect();
         let (dead_seq, dead_err): (Vec<i64>, Vec<String>) = s
             .dead
             .iter()
@@ -251,6 +254,7 @@ pub(super) async fn settle(
             .bind(&retry_err)
             .bind(&dead_seq)
             .bind(&dead_err)
+            .bind(&retry_counted)
             .execute(&mut *tx)
             .await?;
     }

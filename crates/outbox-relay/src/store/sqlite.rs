@@ -208,15 +208,16 @@ pub(super) async fn settle(pool: &SqlitePool, s: &Settlement) -> Result<(), Erro
             .execute(&mut *tx)
             .await?;
     }
-    for (seq, delay, error) in &s.retry {
-        let due = now + chrono::Duration::from_std(*delay).unwrap_or_default();
+    for p in &s.retry {
+        let due = now + chrono::Duration::from_std(p.delay).unwrap_or_default();
         sqlx::query(
-            "UPDATE outbox SET retry_count = retry_count + 1, next_attempt_at = ?1, last_error = ?2
+            "UPDATE outbox SET retry_count = retry_count + ?4, next_attempt_at = ?1, last_error = ?2
              WHERE seq = ?3",
         )
         .bind(ts(due))
-        .bind(truncate_error(error))
-        .bind(seq)
+        .bind(truncate_error(&p.error))
+        .bind(p.seq)
+        .bind(i32::from(p.counted))
         .execute(&mut *tx)
         .await?;
     }

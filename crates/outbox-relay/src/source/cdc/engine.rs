@@ -67,7 +67,7 @@ impl Round {
     pub async fn deliver(self, p: &Parts<'_>) -> (Round, Vec<Outcome>) {
         p.stats.claimed(self.records.len());
         let outcomes = deliver(&self.records, p.router, p.sink, p.config.max_in_flight).await;
-        observe(&self.records, &outcomes, p.stats);
+        observe(&self.records, &outcomes, p.sink, p.stats);
         (self, outcomes)
     }
 }
@@ -391,6 +391,7 @@ impl Engine {
             }
         }
         let mut fates: HashMap<(String, String), Fate> = HashMap::new();
+        let outage = p.stats.health().sink_failures_in_a_row();
         let (mut delivered, mut failed) = (0usize, 0usize);
         let mut first_error: Option<String> = None;
         for ((mut ev, record), outcome) in events.into_iter().zip(records).zip(outcomes) {
@@ -402,9 +403,9 @@ impl Engine {
                     delivered += 1;
                 }
                 (Outcome::Failed(e), None) => {
-                    ev.attempts = ev.attempts.saturating_add(1);
-                    match judge(&e, ev.attempts, &p.config.retry) {
+                    match judge(&e, ev.attempts, &p.config.retry, outage) {
                         Verdict::DeadLetter { reason } => {
+                            ev.attempts = ev.attempts.saturating_add(1);
                             tracing::warn!(id = %ev.origin().id, attempts = ev.attempts, error = %e, "event cannot be delivered; moving it to the dead-letter table");
                             let o = ev.origin();
                             if p.config.dead_letters_block {
@@ -416,9 +417,12 @@ impl Engine {
                             fates.insert(key, Fate::Dead(o.id));
                             self.dead.push((ev, reason));
                         }
-                        Verdict::Retry { delay } => {
-                            first_error.get_or_insert_with(|| e.message.clone());
-                            failed += 1;
+                        Verdict::Retry { delay, counted } => {
+                            if counted {
+                                ev.attempts = ev.attempts.saturating_add(1);
+                                first_error.get_or_insert_with(|| e.message.clone());
+                                failed += 1;
+                            }
                             fates.insert(key.clone(), Fate::Parked);
                             self.parked.insert(
                                 key,

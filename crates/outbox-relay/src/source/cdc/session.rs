@@ -20,7 +20,7 @@ use super::engine::{Engine, EngineConfig, Item, Parts};
 use super::reader::read;
 use super::rows::{self, CdcRouting, RowMapper};
 use crate::error::Error;
-use crate::health::CdcPhase;
+use crate::health::{CdcPhase, Change};
 use crate::retry::Backoff;
 use crate::route::debezium::InvalidOperation;
 use crate::route::Router;
@@ -212,11 +212,11 @@ impl CdcRelay {
             health.beat();
             let state = match replication::slot_state(&pool, &self.options.slot).await {
                 Ok(s) => {
-                    health.database(true);
+                    self.database_answered();
                     s
                 }
                 Err(e) => {
-                    health.database(false);
+                    let _ = health.database(false);
                     self.pause_after(&mut failures, &e, &shutdown).await;
                     continue;
                 }
@@ -252,10 +252,15 @@ impl CdcRelay {
                     if standing_by.take().is_some() {
                         tracing::info!(slot = %self.options.slot, "replication slot is free; taking over");
                     }
-                    match self
+                    let sessions = self.state.sessions.load(Ordering::Relaxed);
+                    let ended = self
                         .session(&pool, s.confirmed_flush, &mut blocked, &dead_sql, &shutdown)
-                        .await
-                    {
+                        .await;
+                    if self.state.sessions.load(Ordering::Relaxed) != sessions {
+                        // It streamed: a failure now is a new outage, not the same one.
+                        failures.reset();
+                    }
+                    match ended {
                         Ok(SessionEnd::Stopped) => break,
                         Ok(SessionEnd::SlotBusy(pid)) => {
                             if !self.options.standby {
@@ -293,10 +298,25 @@ impl CdcRelay {
         Ok(store_cdc::dead_letter_sql(&tables))
     }
 
+    /// The database answered: says so once if it had failed before.
+    fn database_answered(&self) {
+        if let Some(Change::Up { after }) = self.stats.health().database(true) {
+            tracing::info!(
+                down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+                "database reachable again"
+            );
+        }
+    }
+
     async fn pause_after(&self, failures: &mut Backoff, e: &Error, shutdown: &CancellationToken) {
         self.stats.error();
+        let first = failures.failures() == 0;
         let pause = failures.fail();
-        tracing::warn!(error = %e, retry_in = ?pause, "replication failed; reconnecting (unconfirmed events will be delivered again)");
+        if first {
+            tracing::warn!(error = %e, retry_in = ?pause, "replication failed; reconnecting with backoff (unconfirmed events will be delivered again)");
+        } else {
+            tracing::debug!(error = %e, retry_in = ?pause, "replication failed again; reconnecting");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(pause) => {}
@@ -454,7 +474,7 @@ impl CdcRelay {
             while !reader_gone && engine.buffered() < config.max_buffered {
                 match items.try_recv() {
                     Ok(item) => {
-                        health.database(true);
+                        self.database_answered();
                         if !matches!(item, Item::Position { .. }) {
                             last_item = tokio::time::Instant::now();
                         }
@@ -495,7 +515,7 @@ impl CdcRelay {
                 _ = shutdown.cancelled(), if !stopping => {}
                 item = items.recv(), if room && !reader_gone => match item {
                     Some(item) => {
-                        health.database(true);
+                        self.database_answered();
                         if !matches!(item, Item::Position { .. }) {
                             last_item = tokio::time::Instant::now();
                         }
