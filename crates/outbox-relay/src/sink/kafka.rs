@@ -17,6 +17,7 @@
 //! with a vendored OpenSSL.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::apply_params;
 
 /// Kafka settings (config section `[kafka]`; URL query parameters override them).
@@ -45,7 +46,7 @@ pub struct KafkaOptions {
     /// topics must exist (or the broker auto-creates them).
     pub create_topics: bool,
     /// How long librdkafka may keep trying to deliver one message (`message.timeout.ms`)
-    /// before the publish fails as retryable and the event waits for its backoff
+    /// before the publish fails as unavailable and the event waits, uncounted
     /// (URL `message_timeout`).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub message_timeout: Duration,
@@ -96,28 +97,61 @@ fn properties<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
-/// Routes librdkafka's log lines and global errors to `tracing`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KafkaLog;
+/// Routes librdkafka's log lines and global errors to `tracing`, each failure once.
+///
+/// librdkafka reports a broker it cannot reach twice (a log line and the error callback), from
+/// every client (the producer and the admin client), and again at every reconnect attempt. So
+/// the log lines go to DEBUG (but for warnings that are not connection failures), the admin
+/// client's errors too, and of the producer's errors the first one since the last successful
+/// delivery goes to WARN, with the brokers' address, and the repeats to DEBUG.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaLog {
+    /// The bootstrap servers, for the warning (a Kafka URL holds no credentials).
+    servers: String,
+    /// Set once an outage was reported; cleared by a successful delivery.
+    reported: Arc<AtomicBool>,
+    /// The admin client's context: nothing above DEBUG (the producer says the same).
+    quiet: bool,
+}
+
+impl KafkaLog {
+    /// A delivery succeeded: the next failure is news again.
+    fn delivered(&self) {
+        self.reported.store(false, Ordering::Relaxed);
+    }
+}
+
+/// librdkafka log facilities of broker connection failures (the error callback reports them).
+const CONNECTION_FACILITIES: [&str; 4] = ["FAIL", "REQTMOUT", "BROKERFAIL", "ERROR"];
 
 impl ClientContext for KafkaLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
+        let severe = matches!(
+            level,
             RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility = fac, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        );
+        if severe && !self.quiet && !CONNECTION_FACILITIES.contains(&fac) {
+            tracing::warn!(facility = fac, "librdkafka: {message}");
+        } else {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection failures land here too; each publish reports its own outcome.
-        tracing::warn!(error = %error, "Kafka: {reason}");
+        let fatal = error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
+        if !self.quiet && (fatal || !self.reported.swap(true, Ordering::Relaxed)) {
+            tracing::warn!(
+                servers = %self.servers,
+                error = %error,
+                "Kafka: {reason}; events wait in the outbox until the brokers answer"
+            );
+        } else {
+            tracing::debug!(servers = %self.servers, error = %error, "Kafka: {reason}");
+        }
     }
 }
 
@@ -130,6 +164,8 @@ pub struct KafkaSink {
     /// Recreates the producer (fatal errors are final for a librdkafka instance).
     config: ClientConfig,
     admin: AdminClient<KafkaLog>,
+    /// The producers' log context (shared state: an outage reported or not).
+    log: KafkaLog,
     options: KafkaOptions,
     /// `kafka://host:port,…` without credentials, for logs.
     describe: String,
@@ -145,7 +181,7 @@ impl KafkaSink {
     /// e.g. `linger.ms=10`).
     ///
     /// No connection is made here: librdkafka connects in the background and reconnects after
-    /// failures, so while the brokers are unreachable publishes fail as retryable and events
+    /// failures, so while the brokers are unreachable publishes fail as unavailable and events
     /// wait in the outbox.
     pub async fn connect(url: &str, options: &KafkaOptions) -> Result<Self, crate::Error> {
         let parsed = parse_url(url)?;
@@ -170,19 +206,27 @@ impl KafkaSink {
         })?;
         validate_options(&options)?;
         let config = producer_config(&parsed.bootstrap, &options);
+        let log = KafkaLog {
+            servers: format!("kafka://{}", parsed.bootstrap),
+            ..KafkaLog::default()
+        };
         let producer: KafkaProducer = config
-            .create_with_context(KafkaLog)
+            .create_with_context(log.clone())
             .map_err(|e| config_error(&e))?;
         let mut admin_config = config.clone();
         // The admin client never produces: no producer id to acquire.
         admin_config.set("enable.idempotence", "false");
         let admin: AdminClient<KafkaLog> = admin_config
-            .create_with_context(KafkaLog)
+            .create_with_context(KafkaLog {
+                quiet: true,
+                ..log.clone()
+            })
             .map_err(|e| config_error(&e))?;
         Ok(KafkaSink {
             producer: RwLock::new(Arc::new(producer)),
             config,
             admin,
+            log,
             options,
             describe: format!("kafka://{}", parsed.bootstrap),
             topics: RwLock::new(HashSet::new()),
@@ -231,7 +275,9 @@ impl KafkaSink {
                 .admin
                 .create_topics([&new], &admin_options)
                 .await
-                .map_err(|e| SinkError::retryable(format!("Kafka: creating topic {topic}: {e}")))?;
+                .map_err(|e| {
+                    SinkError::unavailable(format!("Kafka: creating topic {topic}: {e}"))
+                })?;
             for result in results {
                 match result {
                     Ok(_) => tracing::info!(
@@ -257,7 +303,7 @@ impl KafkaSink {
                         tracing::warn!(topic, error = %code, "Kafka: could not create the topic; publishing anyway");
                     }
                     Err((_, code)) => {
-                        return Err(SinkError::retryable(format!(
+                        return Err(SinkError::unavailable(format!(
                             "Kafka: creating topic {topic} ({} partitions, replication factor \
                              {}): {code}",
                             self.options.partitions, self.options.replication_factor
@@ -281,7 +327,7 @@ impl KafkaSink {
         }
         match self
             .config
-            .create_with_context::<_, KafkaProducer>(KafkaLog)
+            .create_with_context::<_, KafkaProducer>(self.log.clone())
         {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *current, Arc::new(fresh));
@@ -304,33 +350,26 @@ impl KafkaSink {
         let code = match error {
             KafkaError::MessageProduction(code) => *code,
             other => {
-                return SinkError::retryable(format!("Kafka publish to {topic} failed: {other}"))
+                return SinkError::unavailable(format!("Kafka publish to {topic} failed: {other}"))
             }
         };
-        match code {
+        let text = match code {
             RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::MessageBatchTooLarge => SinkError::permanent(format!(
+            | RDKafkaErrorCode::MessageBatchTooLarge => format!(
                 "Kafka refused the message: too large ({} bytes of value, key and headers; \
                  see message.max.bytes): {code}",
                 message_size(message)
-            )),
-            RDKafkaErrorCode::InvalidTopic => {
-                SinkError::permanent(format!("Kafka refused the topic {topic:?}: {code}"))
-            }
-            RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::PolicyViolation
-            | RDKafkaErrorCode::InvalidArgument => {
-                SinkError::permanent(format!("Kafka refused the message for {topic}: {code}"))
-            }
-            RDKafkaErrorCode::MessageTimedOut => SinkError::retryable(format!(
+            ),
+            RDKafkaErrorCode::InvalidTopic => format!("Kafka refused the topic {topic:?}: {code}"),
+            RDKafkaErrorCode::MessageTimedOut => format!(
                 "Kafka: no delivery report within {:?} for {topic} (brokers unreachable or \
                  partition without leader?)",
                 self.options.message_timeout
-            )),
+            ),
             RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
                 self.forget(topic);
-                SinkError::retryable(format!("Kafka: topic {topic} does not exist (yet)"))
+                format!("Kafka: topic {topic} does not exist (yet)")
             }
             RDKafkaErrorCode::Fatal => {
                 let reason = producer
@@ -339,7 +378,7 @@ impl KafkaSink {
                     .map(|(code, reason)| format!("{code}: {reason}"))
                     .unwrap_or_else(|| code.to_string());
                 self.replace(producer);
-                SinkError::retryable(format!("Kafka producer failed fatally ({reason})"))
+                format!("Kafka producer failed fatally ({reason})")
             }
             // The idempotent producer's identity is no longer accepted (e.g. its epoch bump
             // after timed-out messages was refused): only a new producer id gets it going.
@@ -349,12 +388,97 @@ impl KafkaSink {
             | RDKafkaErrorCode::InvalidProducerIdMapping
             | RDKafkaErrorCode::OutOfOrderSequenceNumber => {
                 self.replace(producer);
-                SinkError::retryable(format!(
+                format!(
                     "Kafka refused the producer's idempotence state ({code}); starting a new producer"
-                ))
+                )
             }
-            _ => SinkError::retryable(format!("Kafka publish to {topic} failed: {code}")),
+            _ => match error_kind(code) {
+                ErrorKind::Permanent => format!("Kafka refused the message for {topic}: {code}"),
+                _ => format!("Kafka publish to {topic} failed: {code}"),
+            },
+        };
+        SinkError {
+            kind: error_kind(code),
+            message: text,
+            retry_after: None,
         }
+    }
+}
+
+/// Whose failure a failed delivery is, by librdkafka's error code.
+///
+/// - [`ErrorKind::Permanent`], this message never fits: too large, an invalid topic name,
+///   record, timestamp or argument, or a broker policy refusing it.
+/// - [`ErrorKind::Unavailable`], the cluster's or the producer's trouble: brokers unreachable,
+///   timed out or throttling, no leader or too few in-sync replicas, the topic missing,
+///   authentication or authorization refused, storage failing, a fenced or fatally failed
+///   producer (replaced), an unsupported broker version or setting.
+/// - [`ErrorKind::Retryable`], any other answer about this message (e.g. a corrupt batch).
+pub fn error_kind(code: RDKafkaErrorCode) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidTopic
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::InvalidArgument
+        | C::BadMessage
+        | C::PolicyViolation => ErrorKind::Permanent,
+        C::MessageTimedOut
+        | C::BrokerTransportFailure
+        | C::Resolve
+        | C::AllBrokersDown
+        | C::OperationTimedOut
+        | C::TimedOutQueue
+        | C::QueueFull
+        | C::RequestTimedOut
+        | C::NetworkException
+        | C::BrokerNotAvailable
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::ISRInsufficient
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::UnknownTopicOrPartition
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::UnknownTopicId
+        | C::ThrottlingQuotaExceeded
+        | C::KafkaStorageError
+        | C::SSL
+        | C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::UnacceptableCredential
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::Fatal
+        | C::Fenced
+        | C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::UnknownProducerId
+        | C::InvalidProducerIdMapping
+        | C::OutOfOrderSequenceNumber
+        | C::UnsupportedVersion
+        | C::UnsupportedForMessageFormat
+        | C::UnsupportedCompressionType
+        | C::InvalidRequiredAcks
+        | C::BrokerDestroy
+        | C::DestroyBroker
+        | C::PurgeQueue
+        | C::PurgeInflight
+        | C::Interrupted
+        | C::CriticalSystemResource
+        | C::FileSystem
+        | C::RebootstrapRequired => ErrorKind::Unavailable,
+        _ => ErrorKind::Retryable,
     }
 }
 
@@ -382,7 +506,10 @@ impl Sink for KafkaSink {
             .send(record, Timeout::After(self.options.message_timeout))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.log.delivered();
+                Ok(())
+            }
             Err((e, _)) => Err(self.classify(message, &e, &producer)),
         }
     }
@@ -414,7 +541,9 @@ fn producer_config(bootstrap: &str, options: &KafkaOptions) -> ClientConfig {
         .set("message.timeout.ms", timeout_ms.to_string())
         // A request to a broker that stopped answering fails within the message timeout.
         .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        // A broker closing an idle connection is no failure worth a warning.
+        .set("log.connection.close", "false");
     for (k, v) in &options.producer {
         config.set(k, v);
     }
@@ -644,7 +773,37 @@ mod tests {
         assert!(validate_topic("outbox.event.Order_1").is_ok());
         for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
             let e = validate_topic(bad).unwrap_err();
-            assert!(!e.is_retryable(), "{bad}");
+            assert_eq!(e.kind, ErrorKind::Permanent, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidTopic,
+            C::InvalidRecord,
+            C::PolicyViolation,
+        ] {
+            assert_eq!(error_kind(code), ErrorKind::Permanent, "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::NotLeaderForPartition,
+            C::TopicAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::ThrottlingQuotaExceeded,
+            C::UnknownTopicOrPartition,
+            C::Fatal,
+            C::ProducerFenced,
+        ] {
+            assert_eq!(error_kind(code), ErrorKind::Unavailable, "{code:?}");
+        }
+        for code in [C::InvalidMessage, C::Unknown] {
+            assert_eq!(error_kind(code), ErrorKind::Retryable, "{code:?}");
         }
     }
 }

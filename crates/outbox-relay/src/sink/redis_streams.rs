@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError};
+use redis::RedisError;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::apply_params;
 
 /// Redis Streams settings (config section `[redis]`; URL query parameters override them).
@@ -39,7 +39,7 @@ pub struct RedisOptions {
     /// trim (URL `maxlen_exact`).
     pub maxlen_exact: bool,
     /// How long one publish may wait for Redis's reply, reconnecting included, before it
-    /// fails as retryable (URL `timeout`).
+    /// fails as unavailable (URL `timeout`).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
     /// `rediss://` only: trust the CA certificates of this PEM file instead of the system's
@@ -72,7 +72,7 @@ impl RedisSink {
     /// parameters override `options`: `maxlen`, `maxlen_exact`, `timeout` (e.g. `5s`).
     ///
     /// The connection is made on first use and re-made after failures: while Redis is
-    /// unreachable, publishes fail as retryable and events wait in the outbox.
+    /// unreachable, publishes fail as unavailable and events wait in the outbox.
     /// `rediss://` connects through TLS; `ca_file` names the CAs to trust.
     pub async fn connect(url: &str, options: &RedisOptions) -> Result<Self, crate::Error> {
         let redacted = crate::redact_url(url);
@@ -176,26 +176,76 @@ impl RedisSink {
     fn classify(&self, topic: &str, e: &RedisError) -> SinkError {
         let code = e.code().unwrap_or("");
         let text = e.to_string();
-        if code == "WRONGTYPE" {
-            return SinkError::permanent(format!(
+        let kind = error_kind(code, &text);
+        let message = if code == "WRONGTYPE" {
+            format!(
                 "Redis refused the entry: WRONGTYPE (key {topic:?} holds a value that is not a \
                  stream): {text}"
-            ));
-        }
-        if text.contains("invalid bulk length") || text.contains("string exceeds maximum") {
-            return SinkError::permanent(format!(
-                "Redis refused the entry for {topic}: too large: {text}"
-            ));
-        }
-        let hint = match e.kind() {
-            ErrorKind::AuthenticationFailed => " (check the URL's credentials)",
-            _ if e.is_timeout() => " (no reply in time)",
-            _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                " (Redis unreachable)"
-            }
-            _ => "",
+            )
+        } else if kind == ErrorKind::Permanent {
+            format!("Redis refused the entry for {topic}: too large: {text}")
+        } else {
+            let hint = match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => " (check the URL's credentials)",
+                _ if matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM") => {
+                    " (check the URL's credentials and the user's ACL)"
+                }
+                _ if e.is_timeout() => " (no reply in time)",
+                _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                    " (Redis unreachable)"
+                }
+                _ => "",
+            };
+            format!("Redis XADD to {topic} failed{hint}: {text}")
         };
-        SinkError::retryable(format!("Redis XADD to {topic} failed{hint}: {text}"))
+        SinkError {
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// Whose failure a failed `XADD` is, by the error code of Redis's reply (`""` when there is
+/// none: the connection failed, timed out or authentication failed) and its text.
+///
+/// - [`ErrorKind::Permanent`]: the key holds something else than a stream (`WRONGTYPE`), or
+///   the entry is larger than Redis takes.
+/// - [`ErrorKind::Unavailable`]: no reply, credentials or ACL refused (`NOAUTH`, `WRONGPASS`,
+///   `NOPERM`), the server full, read-only, loading, busy or failing over (`OOM`,
+///   `READONLY`, `LOADING`, `BUSY`, `MASTERDOWN`, `MISCONF`, `TRYAGAIN`, `CLUSTERDOWN`,
+///   `MOVED`, `ASK`), too many clients, or a server without streams (unknown command).
+/// - [`ErrorKind::Retryable`]: any other error reply.
+pub fn error_kind(code: &str, text: &str) -> ErrorKind {
+    if code == "WRONGTYPE"
+        || text.contains("invalid bulk length")
+        || text.contains("string exceeds maximum")
+    {
+        return ErrorKind::Permanent;
+    }
+    let server = [
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "MISCONF",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MOVED",
+        "ASK",
+    ];
+    if code.is_empty()
+        || server.contains(&code)
+        || text.contains("max number of clients")
+        || text.contains("unknown command")
+    {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Retryable
     }
 }
 
@@ -212,7 +262,7 @@ impl Sink for RedisSink {
         {
             Ok(Ok(_entry_id)) => Ok(()),
             Ok(Err(e)) => Err(self.classify(&message.topic, &e)),
-            Err(_) => Err(SinkError::retryable(format!(
+            Err(_) => Err(SinkError::unavailable(format!(
                 "Redis: no reply to XADD {} within {:?} (Redis unreachable?)",
                 message.topic, self.options.timeout
             ))),
@@ -337,7 +387,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unreachable_redis_fails_as_retryable() {
+    async fn unreachable_redis_fails_as_unavailable() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -349,7 +399,40 @@ mod tests {
         .await
         .unwrap();
         let e = sink.publish(&message()).await.unwrap_err();
-        assert!(e.is_retryable(), "{e}");
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    }
+
+    #[test]
+    fn replies_are_classified() {
+        use ErrorKind::*;
+        assert_eq!(
+            error_kind("WRONGTYPE", "WRONGTYPE Operation against a key"),
+            Permanent
+        );
+        assert_eq!(
+            error_kind("ERR", "Protocol error: invalid bulk length"),
+            Permanent
+        );
+        for code in [
+            "",
+            "NOAUTH",
+            "WRONGPASS",
+            "NOPERM",
+            "OOM",
+            "READONLY",
+            "LOADING",
+        ] {
+            assert_eq!(error_kind(code, "x"), Unavailable, "{code}");
+        }
+        assert_eq!(
+            error_kind("ERR", "ERR max number of clients reached"),
+            Unavailable
+        );
+        assert_eq!(error_kind("ERR", "ERR unknown command 'XADD'"), Unavailable);
+        assert_eq!(
+            error_kind("ERR", "ERR something about this entry"),
+            Retryable
+        );
     }
 
     #[test]
