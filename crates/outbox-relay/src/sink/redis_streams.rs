@@ -71,8 +71,9 @@ impl RedisSink {
     /// Connects to `url`: `redis://[user:password@]host:6379[/db][?param=value…]`. Query
     /// parameters override `options`: `maxlen`, `maxlen_exact`, `timeout` (e.g. `5s`).
     ///
-    /// The connection is made on first use and re-made after failures: while Redis is
-    /// unreachable, publishes fail as unavailable and events wait in the outbox.
+    /// Redis is asked a `PING` at once: refused credentials are a configuration error, an
+    /// unreachable server only a warning. The connection is re-made after failures: while Redis
+    /// is unreachable, publishes fail as unavailable and events wait in the outbox.
     /// `rediss://` connects through TLS; `ca_file` names the CAs to trust.
     pub async fn connect(url: &str, options: &RedisOptions) -> Result<Self, crate::Error> {
         let redacted = crate::redact_url(url);
@@ -140,11 +141,45 @@ impl RedisSink {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| crate::Error::Config(format!("Redis {redacted}: {e}")))?;
-        Ok(RedisSink {
+        let sink = RedisSink {
             conn,
             options,
             url: crate::redact_url(parsed.as_str()),
-        })
+        };
+        sink.ping().await?;
+        Ok(sink)
+    }
+
+    /// Says at start whether Redis answers: refused credentials are a configuration error, an
+    /// unreachable server a warning (the sink connects on the next publish).
+    async fn ping(&self) -> Result<(), crate::Error> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let answer = tokio::time::timeout(self.options.timeout, ping.query_async::<()>(&mut conn));
+        let cause = match answer.await {
+            Ok(Ok(())) => {
+                tracing::info!(sink = %self.describe(), "connected to Redis");
+                return Ok(());
+            }
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) =>
+            {
+                return Err(crate::Error::Config(format!(
+                    "Redis {} refused the credentials: {e} (check the user and password in \
+                     the URL)",
+                    self.url
+                )))
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.options.timeout),
+        };
+        tracing::warn!(
+            server = %self.url,
+            error = %cause,
+            "Redis is unreachable for now; events wait in the outbox until it is back"
+        );
+        Ok(())
     }
 
     fn command(&self, message: &Message) -> redis::Cmd {
@@ -317,7 +352,7 @@ mod tests {
     async fn xadd_carries_the_contract() {
         let sink = RedisSink::connect("redis://127.0.0.1:1", &RedisOptions::default())
             .await
-            .expect("no connection is made up front");
+            .expect("an unreachable server is not a configuration error");
         let a = args(&sink.command(&message()));
         let nil = uuid::Uuid::nil().to_string();
         assert_eq!(
