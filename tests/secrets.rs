@@ -253,17 +253,29 @@ async fn database_with_an_event() -> Option<TestDb> {
     Some(db)
 }
 
-/// `outbox relay` to `sink`, from a database of its own holding one event (so the relay
-/// publishes, and fails); `None` when PostgreSQL is unreachable (reported).
-async fn relay(name: &str, sink: &str, expect: &str) -> Option<Case> {
-    let db = database_with_an_event().await?;
-    let mut case = Case::new(
-        name,
-        &["relay", "--database-url", &db.url, "--sink", sink],
-        expect,
-    );
-    case.db = Some(db);
-    Some(case)
+/// One relay case: its name, the sink URL, the phrase it must print, the exit status it must
+/// end with (`None`: it keeps running).
+type Relay<'a> = (&'a str, String, &'a str, Option<i32>);
+
+/// `outbox relay` to each sink (with `env`), each from a database of its own holding one event
+/// (so the relay publishes, and fails); `None` when PostgreSQL is unreachable (reported).
+async fn relays(list: Vec<Relay<'_>>, env: &[(&str, &str)]) -> Option<Vec<Case>> {
+    let mut cases = Vec::new();
+    for (name, sink, expect, exit) in list {
+        let db = database_with_an_event().await?;
+        let mut case = Case::new(
+            name,
+            &["relay", "--database-url", &db.url, "--sink", &sink],
+            expect,
+        );
+        case.db = Some(db);
+        case.exit = exit;
+        for (k, v) in env {
+            case = case.env(k, v);
+        }
+        cases.push(case);
+    }
+    Some(cases)
 }
 
 /// A port nobody listens on.
@@ -326,42 +338,40 @@ async fn http_refusing() -> (u16, tokio::task::JoinHandle<()>) {
 async fn nats_never_prints_the_password_or_token() {
     let (refusing, stand_in) = nats_refusing().await;
     let closed = closed_port();
-    check_all(vec![
-        require!(
-            relay(
-                "NATS, unreachable, user and password",
-                &format!("nats://app:{SECRET}@127.0.0.1:{closed}?ack_timeout=500ms"),
-                "NATS is unreachable",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "NATS, unreachable, token",
-                &format!("nats://{SECRET}@127.0.0.1:{closed}?ack_timeout=500ms"),
-                "NATS is unreachable",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "NATS, credentials refused",
-                &format!("nats://app:{SECRET}@127.0.0.1:{refusing}"),
-                "refused the connection",
-            )
-            .await
+    let unreachable = "NATS is unreachable";
+    let cases = require!(
+        relays(
+            vec![
+                (
+                    "NATS, unreachable, user and password",
+                    format!("nats://app:{SECRET}@127.0.0.1:{closed}?ack_timeout=500ms"),
+                    unreachable,
+                    None,
+                ),
+                (
+                    "NATS, unreachable, token",
+                    format!("nats://{SECRET}@127.0.0.1:{closed}?ack_timeout=500ms"),
+                    unreachable,
+                    None,
+                ),
+                (
+                    "NATS, credentials refused (a configuration error)",
+                    format!("nats://app:{SECRET}@127.0.0.1:{refusing}"),
+                    "refused the connection",
+                    Some(2),
+                ),
+                (
+                    "NATS, the real server (no authentication: the login is sent anyway)",
+                    format!("nats://app:{SECRET}@127.0.0.1:4222?ack_timeout=500ms"),
+                    "relay started",
+                    None,
+                ),
+            ],
+            &[],
         )
-        .exits(2),
-        require!(
-            relay(
-                "NATS, the real server (no authentication: the login is sent anyway)",
-                &format!("nats://app:{SECRET}@127.0.0.1:4222?ack_timeout=500ms"),
-                "relay started",
-            )
-            .await
-        ),
-    ])
-    .await;
+        .await
+    );
+    check_all(cases).await;
     stand_in.abort();
 }
 
@@ -372,127 +382,110 @@ async fn kafka_never_prints_the_sasl_password() {
         "security.protocol=sasl_plaintext&sasl.mechanism=PLAIN&sasl.username=app\
          &sasl.password={SECRET}&message_timeout=1s"
     );
-    check_all(vec![
-        require!(
-            relay(
-                "Kafka, unreachable, SASL",
-                &format!("kafka://127.0.0.1:{closed}?{sasl}"),
-                "Connection refused",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "Kafka, the real broker (tansu, no SASL), SASL",
-                &format!("kafka://127.0.0.1:19092?{sasl}"),
-                "relay started",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "Kafka, credentials in the URL (refused at start)",
-                &format!("kafka://app:{SECRET}@127.0.0.1:{closed}"),
-                "credentials do not go in the URL",
-            )
-            .await
+    let cases = require!(
+        relays(
+            vec![
+                (
+                    "Kafka, unreachable, SASL",
+                    format!("kafka://127.0.0.1:{closed}?{sasl}"),
+                    "Connection refused",
+                    None,
+                ),
+                (
+                    "Kafka, the real broker (tansu, no SASL), SASL",
+                    format!("kafka://127.0.0.1:19092?{sasl}"),
+                    "relay started",
+                    None,
+                ),
+                (
+                    "Kafka, credentials in the URL (refused at start)",
+                    format!("kafka://app:{SECRET}@127.0.0.1:{closed}"),
+                    "credentials do not go in the URL",
+                    Some(2),
+                ),
+            ],
+            &[],
         )
-        .exits(2),
-    ])
-    .await;
+        .await
+    );
+    check_all(cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_never_prints_the_password() {
+async fn rabbitmq_redis_and_mqtt_never_print_the_password() {
     let closed = closed_port();
-    check_all(vec![
-        require!(
-            relay(
-                "RabbitMQ, wrong password (the real broker checks it)",
-                &format!("amqp://guest:{SECRET}@127.0.0.1:5672/%2f"),
-                "ACCESS_REFUSED",
-            )
-            .await
+    let cases = require!(
+        relays(
+            vec![
+                (
+                    "RabbitMQ, wrong password (the real broker checks it)",
+                    format!("amqp://guest:{SECRET}@127.0.0.1:5672/%2f"),
+                    "ACCESS_REFUSED",
+                    Some(2),
+                ),
+                (
+                    "RabbitMQ, unreachable",
+                    format!("amqp://guest:{SECRET}@127.0.0.1:{closed}/%2f?connect_timeout=1s"),
+                    "RabbitMQ is unreachable",
+                    None,
+                ),
+                (
+                    "Redis, wrong password (the real server checks it)",
+                    format!("redis://nobody:{SECRET}@127.0.0.1:6379"),
+                    "refused the credentials",
+                    Some(2),
+                ),
+                (
+                    "Redis, unreachable",
+                    format!("redis://app:{SECRET}@127.0.0.1:{closed}?timeout=1s"),
+                    "Redis is unreachable",
+                    None,
+                ),
+                (
+                    "MQTT, the real broker (the login is sent)",
+                    format!("mqtt://app:{SECRET}@127.0.0.1:1883?ack_timeout=1s"),
+                    "relay started",
+                    None,
+                ),
+                (
+                    "MQTT, unreachable",
+                    format!("mqtt://app:{SECRET}@127.0.0.1:{closed}?connect_timeout=1s"),
+                    "MQTT broker is unreachable",
+                    None,
+                ),
+            ],
+            &[],
         )
-        .exits(2),
-        require!(
-            relay(
-                "RabbitMQ, unreachable",
-                &format!("amqp://guest:{SECRET}@127.0.0.1:{closed}/%2f?connect_timeout=1s"),
-                "RabbitMQ is unreachable",
-            )
-            .await
-        ),
-    ])
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_and_mqtt_never_print_the_password() {
-    let closed = closed_port();
-    check_all(vec![
-        require!(
-            relay(
-                "Redis, wrong password (the real server checks it)",
-                &format!("redis://nobody:{SECRET}@127.0.0.1:6379"),
-                "refused the credentials",
-            )
-            .await
-        )
-        .exits(2),
-        require!(
-            relay(
-                "Redis, unreachable",
-                &format!("redis://app:{SECRET}@127.0.0.1:{closed}?timeout=1s"),
-                "Redis is unreachable",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "MQTT, the real broker (the login is sent)",
-                &format!("mqtt://app:{SECRET}@127.0.0.1:1883?ack_timeout=1s"),
-                "relay started",
-            )
-            .await
-        ),
-        require!(
-            relay(
-                "MQTT, unreachable",
-                &format!("mqtt://app:{SECRET}@127.0.0.1:{closed}?connect_timeout=1s"),
-                "MQTT broker is unreachable",
-            )
-            .await
-        ),
-    ])
-    .await;
+        .await
+    );
+    check_all(cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_never_print_the_password_or_signing_secret() {
     let (refusing, stand_in) = http_refusing().await;
     let closed = closed_port();
-    check_all(vec![
-        require!(
-            relay(
-                "webhook answering 401",
-                &format!("http://app:{SECRET}@127.0.0.1:{refusing}/hook"),
-                "401 Unauthorized",
-            )
-            .await
+    let cases = require!(
+        relays(
+            vec![
+                (
+                    "webhook answering 401",
+                    format!("http://app:{SECRET}@127.0.0.1:{refusing}/hook"),
+                    "401 Unauthorized",
+                    None,
+                ),
+                (
+                    "webhook unreachable",
+                    format!("http://app:{SECRET}@127.0.0.1:{closed}/hook"),
+                    "connection failed",
+                    None,
+                ),
+            ],
+            &[("OUTBOX_WEBHOOK_SECRET", SECRET)],
         )
-        .env("OUTBOX_WEBHOOK_SECRET", SECRET),
-        require!(
-            relay(
-                "webhook unreachable",
-                &format!("http://app:{SECRET}@127.0.0.1:{closed}/hook"),
-                "connection failed",
-            )
-            .await
-        )
-        .env("OUTBOX_WEBHOOK_SECRET", SECRET),
-    ])
-    .await;
+        .await
+    );
+    check_all(cases).await;
     stand_in.abort();
 }
 

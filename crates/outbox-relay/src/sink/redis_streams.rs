@@ -241,6 +241,24 @@ impl RedisSink {
     }
 }
 
+/// Error codes of a server that cannot take any entry now: credentials or ACL refused, full,
+/// read-only, loading, busy, failing over, redirecting.
+const SERVER_CODES: [&str; 13] = [
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "MISCONF",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+];
+
 /// Whose failure a failed `XADD` is, by the error code of Redis's reply (`""` when there is
 /// none: the connection failed, timed out or authentication failed) and its text.
 ///
@@ -258,23 +276,8 @@ pub fn error_kind(code: &str, text: &str) -> ErrorKind {
     {
         return ErrorKind::Permanent;
     }
-    let server = [
-        "NOAUTH",
-        "WRONGPASS",
-        "NOPERM",
-        "OOM",
-        "READONLY",
-        "LOADING",
-        "BUSY",
-        "MASTERDOWN",
-        "MISCONF",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-        "MOVED",
-        "ASK",
-    ];
     if code.is_empty()
-        || server.contains(&code)
+        || SERVER_CODES.contains(&code)
         || text.contains("max number of clients")
         || text.contains("unknown command")
     {
@@ -448,15 +451,7 @@ mod tests {
             error_kind("ERR", "Protocol error: invalid bulk length"),
             Permanent
         );
-        for code in [
-            "",
-            "NOAUTH",
-            "WRONGPASS",
-            "NOPERM",
-            "OOM",
-            "READONLY",
-            "LOADING",
-        ] {
+        for code in std::iter::once("").chain(SERVER_CODES) {
             assert_eq!(error_kind(code, "x"), Unavailable, "{code}");
         }
         assert_eq!(

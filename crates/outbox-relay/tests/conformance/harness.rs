@@ -173,6 +173,28 @@ impl Running {
     }
 }
 
+/// A message for `topic` with a fresh event id (in the `id` header too).
+pub fn message(topic: &str) -> Message {
+    let id = uuid::Uuid::new_v4();
+    Message {
+        id,
+        topic: topic.into(),
+        key: "o-1".into(),
+        value: bytes::Bytes::from_static(b"{}"),
+        headers: vec![("id".into(), id.to_string())],
+    }
+}
+
+/// Publishing to a broker that cannot be reached fails, as unavailable. Returns the error.
+pub async fn unreachable_publish_fails(sink: &dyn Sink, topic: &str) -> SinkError {
+    let err = sink
+        .publish(&message(topic))
+        .await
+        .expect_err("nothing answers");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    err
+}
+
 /// TLS tests: publishing to a server whose certificate no trusted CA signed must fail, and
 /// as unavailable (the operator fixes the trust store; the events wait). Returns the error.
 pub async fn untrusted_publish_fails(sink: &dyn Sink, message: &Message) -> SinkError {

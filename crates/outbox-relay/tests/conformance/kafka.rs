@@ -382,7 +382,6 @@ async fn delivers_over_tls_with_a_private_ca() {
 #[tokio::test]
 async fn unreachable_brokers_are_unavailable() {
     use outbox_relay::sink::kafka::{KafkaOptions, KafkaSink};
-    use outbox_relay::Sink;
 
     let port = outbox_testkit::free_port();
     let options = KafkaOptions {
@@ -392,14 +391,5 @@ async fn unreachable_brokers_are_unavailable() {
     let sink = KafkaSink::connect(&format!("kafka://127.0.0.1:{port}"), &options)
         .await
         .expect("librdkafka connects in the background");
-    let id = uuid::Uuid::new_v4();
-    let message = outbox_relay::Message {
-        id,
-        topic: "unreachable".into(),
-        key: "o-1".into(),
-        value: bytes::Bytes::from_static(b"{}"),
-        headers: vec![("id".into(), id.to_string())],
-    };
-    let err = sink.publish(&message).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    crate::harness::unreachable_publish_fails(&sink, "unreachable").await;
 }

@@ -99,73 +99,19 @@ impl Harness for NatsHarness {
     }
 }
 
-/// Sink behaviour outside the shared suite.
-mod sink {
-    use std::time::Duration;
-
+/// A server nobody runs: not a configuration error; publishes fail as unavailable. (Refused
+/// credentials at start: `tests/secrets.rs`, against a stand-in server.)
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
     use outbox_relay::sink::nats::{NatsOptions, NatsSink};
-    use outbox_relay::sink::ErrorKind;
-    use outbox_relay::{Message, Sink};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-    fn message() -> Message {
-        let id = uuid::Uuid::new_v4();
-        Message {
-            id,
-            topic: "orders.created".into(),
-            key: "o-1".into(),
-            value: bytes::Bytes::from_static(b"{}"),
-            headers: vec![("id".into(), id.to_string())],
-        }
-    }
-
-    /// A server nobody runs: not a configuration error; publishes fail as unavailable.
-    #[tokio::test]
-    async fn an_unreachable_server_is_unavailable() {
-        let port = outbox_testkit::free_port();
-        let options = NatsOptions {
-            ack_timeout: Duration::from_millis(300),
-            ..NatsOptions::default()
-        };
-        let sink = NatsSink::connect(&format!("nats://127.0.0.1:{port}"), &options)
-            .await
-            .expect("an unreachable server is not a configuration error");
-        let err = sink.publish(&message()).await.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
-    }
-
-    /// A server that refuses the credentials at start (a stand-in speaking just enough of the
-    /// protocol): a configuration error that names neither the password nor the token.
-    #[tokio::test]
-    async fn refused_credentials_are_a_configuration_error() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let server = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let (read, mut write) = socket.into_split();
-                let info = "INFO {\"server_id\":\"stand-in\",\"version\":\"2.10.0\",\"proto\":1,\
-                            \"headers\":true,\"max_payload\":1048576,\"auth_required\":true}\r\n";
-                let _ = write.write_all(info.as_bytes()).await;
-                let mut line = String::new();
-                let _ = BufReader::new(read).read_line(&mut line).await;
-                let _ = write.write_all(b"-ERR 'Authorization Violation'\r\n").await;
-            }
-        });
-        for url in [
-            format!("nats://app:wr0ng-pa55@127.0.0.1:{port}"),
-            format!("nats://t0ken-wr0ng@127.0.0.1:{port}"),
-        ] {
-            let err = NatsSink::connect(&url, &NatsOptions::default())
-                .await
-                .map(|_| ())
-                .unwrap_err();
-            assert!(err.is_config(), "{err}");
-            let text = err.to_string();
-            assert!(text.contains("refused"), "{text}");
-            assert!(!text.contains("wr0ng"), "{text}");
-        }
-        server.abort();
-    }
+    let port = outbox_testkit::free_port();
+    let options = NatsOptions {
+        ack_timeout: Duration::from_millis(300),
+        ..NatsOptions::default()
+    };
+    let sink = NatsSink::connect(&format!("nats://127.0.0.1:{port}"), &options)
+        .await
+        .expect("an unreachable server is not a configuration error");
+    crate::harness::unreachable_publish_fails(&sink, "orders.created").await;
 }

@@ -299,17 +299,10 @@ mod behaviour {
 mod kinds {
     use super::*;
     use outbox_relay::sink::webhook::WebhookSink;
-    use outbox_relay::{Message, Sink};
+    use outbox_relay::Sink;
 
-    fn message() -> Message {
-        let id = uuid::Uuid::new_v4();
-        Message {
-            id,
-            topic: "order-events".into(),
-            key: "o-1".into(),
-            value: bytes::Bytes::from_static(b"{}"),
-            headers: vec![("id".into(), id.to_string())],
-        }
+    fn message() -> outbox_relay::Message {
+        crate::harness::message("order-events")
     }
 
     /// 401/403/404 (a revoked token, a removed endpoint), 429 and 503 are the endpoint's
@@ -364,8 +357,7 @@ mod kinds {
         )
         .await
         .expect("webhook sink");
-        let err = sink.publish(&message()).await.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+        let err = crate::harness::unreachable_publish_fails(&sink, "order-events").await;
         assert!(err.message.contains("connection failed"), "{err}");
     }
 }

@@ -631,31 +631,25 @@ mod tests {
         };
         assert!(puback_result(&ack(PubAckReason::Success), true).is_ok());
         assert!(puback_result(&ack(PubAckReason::NoMatchingSubscribers), false).is_ok());
-        let kind = |reason, require| puback_result(&ack(reason), require).unwrap_err().kind;
-        assert_eq!(
-            kind(PubAckReason::NoMatchingSubscribers, true),
-            ErrorKind::Retryable
-        );
-        assert_eq!(
-            kind(PubAckReason::TopicNameInvalid, false),
-            ErrorKind::Permanent
-        );
-        assert_eq!(
-            kind(PubAckReason::PayloadFormatInvalid, false),
-            ErrorKind::Permanent
-        );
-        assert_eq!(
-            kind(PubAckReason::QuotaExceeded, false),
-            ErrorKind::Unavailable
-        );
-        assert_eq!(
-            kind(PubAckReason::NotAuthorized, false),
-            ErrorKind::Unavailable
-        );
-        assert_eq!(
-            kind(PubAckReason::UnspecifiedError, false),
-            ErrorKind::Retryable
-        );
+        for (reason, require, kind) in [
+            (
+                PubAckReason::NoMatchingSubscribers,
+                true,
+                ErrorKind::Retryable,
+            ),
+            (PubAckReason::TopicNameInvalid, false, ErrorKind::Permanent),
+            (
+                PubAckReason::PayloadFormatInvalid,
+                false,
+                ErrorKind::Permanent,
+            ),
+            (PubAckReason::QuotaExceeded, false, ErrorKind::Unavailable),
+            (PubAckReason::NotAuthorized, false, ErrorKind::Unavailable),
+            (PubAckReason::UnspecifiedError, false, ErrorKind::Retryable),
+        ] {
+            let e = puback_result(&ack(reason), require).unwrap_err();
+            assert_eq!(e.kind, kind, "{reason:?}");
+        }
     }
 
     /// The FIFO pairing of waiters and packet ids, collisions included.
