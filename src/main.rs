@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod logging;
 mod server;
 mod settings;
 mod signals;
@@ -88,7 +89,10 @@ fn init_logging(cli: &Cli, file: &config::FileConfig) -> Result<(), error::CliEr
             LEVELS.join(", ")
         )));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| error::CliError::usage(format!("log level {level:?}: {e}")))?;
+    // The clients' noise held back, their secret-bearing targets capped (see `logging`).
+    let filter = tracing_subscriber::EnvFilter::try_new(logging::directives(&level))
         .map_err(|e| error::CliError::usage(format!("log level {level:?}: {e}")))?;
     let json = cli.log_format == Some(LogFormat::Json)
         || (cli.log_format.is_none() && file.log.format.as_deref() == Some("json"));

@@ -1,5 +1,9 @@
 //! `stdout:` and `file:PATH`: one JSON object per line,
 //! `{"topic", "key", "headers": {…}, "value": …}`.
+//!
+//! Every line can be written; what fails is the output (disk full, quota, I/O error, a closed
+//! pipe), never the message: every failure here is [`ErrorKind::Unavailable`], and the events
+//! wait, uncounted, until the operator makes room.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +12,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::Mutex;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 
 /// Formats one message as a JSON line (with the trailing newline).
 pub(crate) fn line(message: &Message) -> Vec<u8> {
@@ -66,7 +70,7 @@ impl<W: AsyncWrite + Unpin + Send> Lines<W> {
             .await
             .write_all(&bytes)
             .await
-            .map_err(|e| SinkError::retryable(format!("write failed: {e}")))
+            .map_err(|e| io_error("write", &e))
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
@@ -75,7 +79,16 @@ impl<W: AsyncWrite + Unpin + Send> Lines<W> {
             .await
             .flush()
             .await
-            .map_err(|e| SinkError::retryable(format!("flush failed: {e}")))
+            .map_err(|e| io_error("flush", &e))
+    }
+}
+
+/// A failed write, flush or fsync: the output's failure, not the message's.
+fn io_error(what: &str, e: &std::io::Error) -> SinkError {
+    SinkError {
+        kind: ErrorKind::Unavailable,
+        message: format!("{what} failed: {e}"),
+        retry_after: None,
     }
 }
 
@@ -145,13 +158,11 @@ impl Sink for FileSink {
     }
     async fn flush(&self) -> Result<(), SinkError> {
         let mut out = self.lines.out.lock().await;
-        out.flush()
-            .await
-            .map_err(|e| SinkError::retryable(format!("flush failed: {e}")))?;
+        out.flush().await.map_err(|e| io_error("flush", &e))?;
         out.get_ref()
             .sync_data()
             .await
-            .map_err(|e| SinkError::retryable(format!("fsync failed: {e}")))
+            .map_err(|e| io_error("fsync", &e))
     }
     fn describe(&self) -> String {
         format!("file:{}", self.path.display())
@@ -161,6 +172,33 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_failures_are_the_sinks() {
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        let e = io_error("write", &full);
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.starts_with("write failed: "), "{e}");
+    }
+
+    /// A full disk: the write fails as unavailable (Linux's /dev/full).
+    #[tokio::test]
+    async fn a_full_disk_is_unavailable() {
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let sink = FileSink::create("/dev/full").await.expect("open /dev/full");
+        let m = Message {
+            id: uuid::Uuid::nil(),
+            topic: "t".into(),
+            key: "k".into(),
+            value: bytes::Bytes::from_static(b"{}"),
+            headers: vec![],
+        };
+        sink.publish(&m).await.expect("buffered");
+        let e = sink.flush().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    }
 
     #[test]
     fn line_embeds_json_values_and_quotes_others() {

@@ -9,14 +9,16 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::ConnectErrorKind;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::{apply_params, percent_decode};
 
 /// NATS JetStream settings (config section `[nats]`, or URL query `?stream=NAME`).
@@ -55,8 +57,10 @@ pub struct NatsSink {
 impl NatsSink {
     /// Connects to `url`. Query parameters override `options`: `stream`, `ack_timeout` (e.g. `5s`).
     ///
-    /// The connection is made in the background and re-made after failures: while the server is
-    /// unreachable, publishes fail as retryable and events wait in the outbox.
+    /// A server that cannot be reached now is not an error (a warning says why): the client
+    /// connects in the background and reconnects after failures, and meanwhile publishes fail
+    /// as [`ErrorKind::Unavailable`] and events wait in the outbox. A server that refuses the
+    /// credentials at start is a configuration error.
     pub async fn connect(url: &str, options: &NatsOptions) -> Result<Self, crate::Error> {
         let redacted = crate::redact_url(url);
         let parsed = url::Url::parse(url)
@@ -95,22 +99,59 @@ impl NatsSink {
                 ))
             })
         };
-        let mut connect = async_nats::ConnectOptions::new();
-        match (parsed.username(), parsed.password()) {
-            ("", None) => {}
-            (token, None) => connect = connect.token(decode(token, "token")?),
-            (user, Some(pass)) => {
-                connect =
-                    connect.user_and_password(decode(user, "user name")?, decode(pass, "password")?)
+        let (user, pass) = (parsed.username(), parsed.password());
+        let token = match (user, pass) {
+            ("", None) => None,
+            (token, None) => Some(decode(token, "token")?),
+            _ => None,
+        };
+        let login = match pass {
+            Some(pass) => Some((decode(user, "user name")?, decode(pass, "password")?)),
+            None => None,
+        };
+        let log = Arc::new(ConnectionLog::new(&redacted));
+        let connect = || {
+            let log = log.clone();
+            let mut c = async_nats::ConnectOptions::new().event_callback(move |event| {
+                log.event(event);
+                std::future::ready(())
+            });
+            if let Some(token) = &token {
+                c = c.token(token.clone());
             }
-        }
-        let client = connect
-            .name("outbox-relay")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(server.as_str())
-            .await
-            .map_err(|e| crate::Error::Sink(format!("NATS {redacted}: {e}")))?;
+            if let Some((user, pass)) = &login {
+                c = c.user_and_password(user.clone(), pass.clone());
+            }
+            c.name("outbox-relay")
+                .connection_timeout(Duration::from_secs(5))
+        };
+        // One attempt first, to say once and clearly why the server cannot be reached (the
+        // client's own reconnect loop only reports "IO error", and only at INFO).
+        let client = match connect().connect(server.as_str()).await {
+            Ok(client) => {
+                tracing::info!(server = %redacted, "connected to NATS");
+                log.connected_at_start();
+                client
+            }
+            Err(e) if refused_at_start(e.kind()) => {
+                return Err(crate::Error::Config(format!(
+                    "NATS {redacted} refused the connection: {e} (check the user, password \
+                     or token in the URL)"
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    server = %redacted,
+                    error = %e,
+                    "NATS is unreachable for now; events wait in the outbox until it is back"
+                );
+                connect()
+                    .retry_on_initial_connect()
+                    .connect(server.as_str())
+                    .await
+                    .map_err(|e| crate::Error::Sink(format!("NATS {redacted}: {e}")))?
+            }
+        };
         let js = jetstream::ContextBuilder::new()
             .timeout(options.ack_timeout)
             .max_ack_inflight(16_384)
@@ -137,7 +178,7 @@ impl NatsSink {
         match self.js.get_stream(name).await {
             Ok(mut s) => {
                 let info = s.info().await.map_err(|e| {
-                    SinkError::retryable(format!("NATS: reading stream {name}: {e}"))
+                    SinkError::unavailable(format!("NATS: reading stream {name}: {e}"))
                 })?;
                 if !info
                     .config
@@ -146,7 +187,7 @@ impl NatsSink {
                     .any(|p| subject_matches(p, subject))
                 {
                     if fixed {
-                        return Err(SinkError::retryable(format!(
+                        return Err(SinkError::unavailable(format!(
                             "NATS: stream {name} does not capture subject {subject}; \
                              add it to nats.subjects or the stream"
                         )));
@@ -154,7 +195,7 @@ impl NatsSink {
                     let mut config = info.config.clone();
                     config.subjects.push(subject.to_string());
                     self.js.update_stream(config).await.map_err(|e| {
-                        SinkError::retryable(format!(
+                        SinkError::unavailable(format!(
                             "NATS: adding subject {subject} to stream {name}: {e}"
                         ))
                     })?;
@@ -177,12 +218,12 @@ impl NatsSink {
                     })
                     .await
                     .map_err(|e| {
-                        SinkError::retryable(format!("NATS: creating stream {name}: {e}"))
+                        SinkError::unavailable(format!("NATS: creating stream {name}: {e}"))
                     })?;
                 tracing::info!(stream = %name, subject, "created JetStream stream");
             }
             Err(e) => {
-                return Err(SinkError::retryable(format!(
+                return Err(SinkError::unavailable(format!(
                     "NATS: looking up stream {name}: {e}"
                 )))
             }
@@ -247,30 +288,146 @@ impl NatsSink {
     }
 
     fn classify(&self, subject: &str, e: jetstream::context::PublishError) -> SinkError {
-        match e.kind() {
-            PublishErrorKind::MaxPayloadExceeded => {
-                SinkError::permanent(format!("NATS rejected the message: {e}"))
-            }
+        let code = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .map(|j| j.error_code().0);
+        let kind = publish_kind(e.kind(), code);
+        let message = match e.kind() {
             PublishErrorKind::StreamNotFound => {
                 self.forget(subject);
-                SinkError::retryable(format!(
-                    "NATS: no JetStream stream captures subject {subject}"
-                ))
+                format!("NATS: no JetStream stream captures subject {subject}")
             }
-            PublishErrorKind::TimedOut => SinkError::retryable(format!(
-                "NATS: no acknowledgement within {:?} on {subject}",
+            PublishErrorKind::TimedOut => format!(
+                "NATS: no acknowledgement within {:?} on {subject} (server unreachable?)",
                 self.options.ack_timeout
-            )),
-            _ => {
-                let text = e.to_string();
-                // JetStream's own refusals that no retry can fix.
-                if text.contains("message size exceeds maximum") {
-                    SinkError::permanent(format!("NATS rejected the message: {text}"))
+            ),
+            _ if kind == ErrorKind::Permanent => format!("NATS rejected the message: {e}"),
+            _ => format!("NATS publish to {subject} failed: {e}"),
+        };
+        SinkError {
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// What the NATS client says about its connection, said once per change rather than at every
+/// reconnect attempt (the client itself reports "IO error" at INFO without the address, every
+/// few seconds; the binary's default log filter keeps it quiet).
+struct ConnectionLog {
+    server: String,
+    /// [`NEVER_UP`], [`UP`] or [`DOWN`].
+    state: AtomicU8,
+    /// Errors reported since the connection went down.
+    seen: Mutex<HashSet<String>>,
+}
+
+/// Not connected since the start (the sink's warning at start said why).
+const NEVER_UP: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+impl ConnectionLog {
+    fn new(server: &str) -> Self {
+        ConnectionLog {
+            server: server.to_string(),
+            state: AtomicU8::new(NEVER_UP),
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn connected_at_start(&self) {
+        self.state.store(UP, Ordering::Relaxed);
+    }
+
+    fn event(&self, event: async_nats::Event) {
+        use async_nats::Event;
+        let server = &self.server;
+        match event {
+            Event::Connected => {
+                if self.state.swap(UP, Ordering::Relaxed) == UP {
+                    tracing::debug!(%server, "NATS connected");
                 } else {
-                    SinkError::retryable(format!("NATS publish to {subject} failed: {text}"))
+                    self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    tracing::info!(%server, "NATS connected");
                 }
             }
+            Event::Disconnected => {
+                if self.state.swap(DOWN, Ordering::Relaxed) == UP {
+                    tracing::warn!(
+                        %server,
+                        "NATS connection lost; reconnecting, events wait in the outbox"
+                    );
+                }
+            }
+            Event::ClientError(_) | Event::ServerError(_) => {
+                let text = event.to_string();
+                let new = self.state.load(Ordering::Relaxed) != NEVER_UP
+                    && self
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(text.clone());
+                if new {
+                    tracing::warn!(%server, "NATS {text}");
+                } else {
+                    tracing::debug!(%server, "NATS {text}");
+                }
+            }
+            other => tracing::info!(%server, "NATS: {other}"),
         }
+    }
+}
+
+/// Connection failures at start that no retry fixes: the server refused the credentials.
+fn refused_at_start(kind: ConnectErrorKind) -> bool {
+    matches!(
+        kind,
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+    )
+}
+
+/// Whose failure a failed JetStream publish is: `kind` as async-nats reports it, `code` the
+/// JetStream error code when the stream answered with one.
+///
+/// - [`ErrorKind::Permanent`]: larger than the server's `max_payload` or the stream's
+///   `max_msg_size` (10054).
+/// - [`ErrorKind::Unavailable`]: no stream for the subject, no acknowledgement in time, the
+///   connection gone or saturated, and the stream's or server's own state (storage full or
+///   failing (10077, 10023, 10047, 10028, 10002), JetStream off or without a leader (10076,
+///   10039, 10008, 10009), the stream missing (10059)); also a failure without a JetStream
+///   code (the client could not send it).
+/// - [`ErrorKind::Retryable`]: any other answer of the stream about this message.
+pub fn publish_kind(kind: PublishErrorKind, code: Option<u64>) -> ErrorKind {
+    use jetstream::ErrorCode as C;
+    let server_side = [
+        C::STREAM_STORE_FAILED,
+        C::INSUFFICIENT_RESOURCES,
+        C::STORAGE_RESOURCES_EXCEEDED,
+        C::MEMORY_RESOURCES_EXCEEDED,
+        C::ACCOUNT_RESOURCES_EXCEEDED,
+        C::JETSTREAM_NOT_ENABLED,
+        C::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+        C::CLUSTER_NOT_AVAILABLE,
+        C::CLUSTER_NOT_LEADER,
+        C::STREAM_NOT_FOUND,
+    ];
+    match kind {
+        PublishErrorKind::MaxPayloadExceeded => ErrorKind::Permanent,
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => ErrorKind::Unavailable,
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            ErrorKind::Retryable
+        }
+        _ => match code {
+            Some(c) if c == C::STREAM_MESSAGE_EXCEEDS_MAXIMUM.0 => ErrorKind::Permanent,
+            Some(c) if server_side.iter().any(|s| s.0 == c) => ErrorKind::Unavailable,
+            Some(_) => ErrorKind::Retryable,
+            None => ErrorKind::Unavailable,
+        },
     }
 }
 
@@ -347,6 +504,38 @@ mod tests {
         assert!(validate_subject("a b").is_err());
         assert!(validate_subject("a..b").is_err());
         assert!(validate_subject("").is_err());
-        assert!(!validate_subject("x.*").unwrap_err().is_retryable());
+        assert_eq!(
+            validate_subject("x.*").unwrap_err().kind,
+            ErrorKind::Permanent
+        );
+    }
+
+    #[test]
+    fn publish_failures_are_classified() {
+        use jetstream::ErrorCode as C;
+        use PublishErrorKind as P;
+        assert_eq!(
+            publish_kind(P::MaxPayloadExceeded, None),
+            ErrorKind::Permanent
+        );
+        for k in [
+            P::StreamNotFound,
+            P::TimedOut,
+            P::BrokenPipe,
+            P::MaxAckPending,
+        ] {
+            assert_eq!(publish_kind(k, None), ErrorKind::Unavailable, "{k:?}");
+        }
+        let other = |c: C| publish_kind(P::Other, Some(c.0));
+        assert_eq!(
+            other(C::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
+            ErrorKind::Permanent
+        );
+        assert_eq!(other(C::STREAM_STORE_FAILED), ErrorKind::Unavailable);
+        assert_eq!(other(C::JETSTREAM_NOT_ENABLED), ErrorKind::Unavailable);
+        assert_eq!(other(C::BAD_REQUEST), ErrorKind::Retryable);
+        assert_eq!(publish_kind(P::Other, None), ErrorKind::Unavailable);
+        assert!(refused_at_start(ConnectErrorKind::AuthorizationViolation));
+        assert!(!refused_at_start(ConnectErrorKind::Io));
     }
 }

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError};
+use redis::RedisError;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::apply_params;
 
 /// Redis Streams settings (config section `[redis]`; URL query parameters override them).
@@ -39,7 +39,7 @@ pub struct RedisOptions {
     /// trim (URL `maxlen_exact`).
     pub maxlen_exact: bool,
     /// How long one publish may wait for Redis's reply, reconnecting included, before it
-    /// fails as retryable (URL `timeout`).
+    /// fails as unavailable (URL `timeout`).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
     /// `rediss://` only: trust the CA certificates of this PEM file instead of the system's
@@ -71,8 +71,9 @@ impl RedisSink {
     /// Connects to `url`: `redis://[user:password@]host:6379[/db][?param=value…]`. Query
     /// parameters override `options`: `maxlen`, `maxlen_exact`, `timeout` (e.g. `5s`).
     ///
-    /// The connection is made on first use and re-made after failures: while Redis is
-    /// unreachable, publishes fail as retryable and events wait in the outbox.
+    /// Redis is asked a `PING` at once: refused credentials are a configuration error, an
+    /// unreachable server only a warning. The connection is re-made after failures: while Redis
+    /// is unreachable, publishes fail as unavailable and events wait in the outbox.
     /// `rediss://` connects through TLS; `ca_file` names the CAs to trust.
     pub async fn connect(url: &str, options: &RedisOptions) -> Result<Self, crate::Error> {
         let redacted = crate::redact_url(url);
@@ -140,11 +141,45 @@ impl RedisSink {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| crate::Error::Config(format!("Redis {redacted}: {e}")))?;
-        Ok(RedisSink {
+        let sink = RedisSink {
             conn,
             options,
             url: crate::redact_url(parsed.as_str()),
-        })
+        };
+        sink.ping().await?;
+        Ok(sink)
+    }
+
+    /// Says at start whether Redis answers: refused credentials are a configuration error, an
+    /// unreachable server a warning (the sink connects on the next publish).
+    async fn ping(&self) -> Result<(), crate::Error> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let answer = tokio::time::timeout(self.options.timeout, ping.query_async::<()>(&mut conn));
+        let cause = match answer.await {
+            Ok(Ok(())) => {
+                tracing::info!(sink = %self.describe(), "connected to Redis");
+                return Ok(());
+            }
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) =>
+            {
+                return Err(crate::Error::Config(format!(
+                    "Redis {} refused the credentials: {e} (check the user and password in \
+                     the URL)",
+                    self.url
+                )))
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.options.timeout),
+        };
+        tracing::warn!(
+            server = %self.url,
+            error = %cause,
+            "Redis is unreachable for now; events wait in the outbox until it is back"
+        );
+        Ok(())
     }
 
     fn command(&self, message: &Message) -> redis::Cmd {
@@ -176,26 +211,79 @@ impl RedisSink {
     fn classify(&self, topic: &str, e: &RedisError) -> SinkError {
         let code = e.code().unwrap_or("");
         let text = e.to_string();
-        if code == "WRONGTYPE" {
-            return SinkError::permanent(format!(
+        let kind = error_kind(code, &text);
+        let message = if code == "WRONGTYPE" {
+            format!(
                 "Redis refused the entry: WRONGTYPE (key {topic:?} holds a value that is not a \
                  stream): {text}"
-            ));
-        }
-        if text.contains("invalid bulk length") || text.contains("string exceeds maximum") {
-            return SinkError::permanent(format!(
-                "Redis refused the entry for {topic}: too large: {text}"
-            ));
-        }
-        let hint = match e.kind() {
-            ErrorKind::AuthenticationFailed => " (check the URL's credentials)",
-            _ if e.is_timeout() => " (no reply in time)",
-            _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                " (Redis unreachable)"
-            }
-            _ => "",
+            )
+        } else if kind == ErrorKind::Permanent {
+            format!("Redis refused the entry for {topic}: too large: {text}")
+        } else {
+            let hint = match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => " (check the URL's credentials)",
+                _ if matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM") => {
+                    " (check the URL's credentials and the user's ACL)"
+                }
+                _ if e.is_timeout() => " (no reply in time)",
+                _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                    " (Redis unreachable)"
+                }
+                _ => "",
+            };
+            format!("Redis XADD to {topic} failed{hint}: {text}")
         };
-        SinkError::retryable(format!("Redis XADD to {topic} failed{hint}: {text}"))
+        SinkError {
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// Error codes of a server that cannot take any entry now: credentials or ACL refused, full,
+/// read-only, loading, busy, failing over, redirecting.
+const SERVER_CODES: [&str; 13] = [
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "MISCONF",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+];
+
+/// Whose failure a failed `XADD` is, by the error code of Redis's reply (`""` when there is
+/// none: the connection failed, timed out or authentication failed) and its text.
+///
+/// - [`ErrorKind::Permanent`]: the key holds something else than a stream (`WRONGTYPE`), or
+///   the entry is larger than Redis takes.
+/// - [`ErrorKind::Unavailable`]: no reply, credentials or ACL refused (`NOAUTH`, `WRONGPASS`,
+///   `NOPERM`), the server full, read-only, loading, busy or failing over (`OOM`,
+///   `READONLY`, `LOADING`, `BUSY`, `MASTERDOWN`, `MISCONF`, `TRYAGAIN`, `CLUSTERDOWN`,
+///   `MOVED`, `ASK`), too many clients, or a server without streams (unknown command).
+/// - [`ErrorKind::Retryable`]: any other error reply.
+pub fn error_kind(code: &str, text: &str) -> ErrorKind {
+    if code == "WRONGTYPE"
+        || text.contains("invalid bulk length")
+        || text.contains("string exceeds maximum")
+    {
+        return ErrorKind::Permanent;
+    }
+    if code.is_empty()
+        || SERVER_CODES.contains(&code)
+        || text.contains("max number of clients")
+        || text.contains("unknown command")
+    {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Retryable
     }
 }
 
@@ -212,7 +300,7 @@ impl Sink for RedisSink {
         {
             Ok(Ok(_entry_id)) => Ok(()),
             Ok(Err(e)) => Err(self.classify(&message.topic, &e)),
-            Err(_) => Err(SinkError::retryable(format!(
+            Err(_) => Err(SinkError::unavailable(format!(
                 "Redis: no reply to XADD {} within {:?} (Redis unreachable?)",
                 message.topic, self.options.timeout
             ))),
@@ -267,7 +355,7 @@ mod tests {
     async fn xadd_carries_the_contract() {
         let sink = RedisSink::connect("redis://127.0.0.1:1", &RedisOptions::default())
             .await
-            .expect("no connection is made up front");
+            .expect("an unreachable server is not a configuration error");
         let a = args(&sink.command(&message()));
         let nil = uuid::Uuid::nil().to_string();
         assert_eq!(
@@ -337,7 +425,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unreachable_redis_fails_as_retryable() {
+    async fn unreachable_redis_fails_as_unavailable() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -349,7 +437,32 @@ mod tests {
         .await
         .unwrap();
         let e = sink.publish(&message()).await.unwrap_err();
-        assert!(e.is_retryable(), "{e}");
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    }
+
+    #[test]
+    fn replies_are_classified() {
+        use ErrorKind::*;
+        assert_eq!(
+            error_kind("WRONGTYPE", "WRONGTYPE Operation against a key"),
+            Permanent
+        );
+        assert_eq!(
+            error_kind("ERR", "Protocol error: invalid bulk length"),
+            Permanent
+        );
+        for code in std::iter::once("").chain(SERVER_CODES) {
+            assert_eq!(error_kind(code, "x"), Unavailable, "{code}");
+        }
+        assert_eq!(
+            error_kind("ERR", "ERR max number of clients reached"),
+            Unavailable
+        );
+        assert_eq!(error_kind("ERR", "ERR unknown command 'XADD'"), Unavailable);
+        assert_eq!(
+            error_kind("ERR", "ERR something about this entry"),
+            Retryable
+        );
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! `webhook-id` (the event id), `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 //!
-//! Delivered = a 2xx answer. 408, 429, 5xx, timeouts and connection errors are retried
-//! (honouring `Retry-After`); any other status is permanent: the event is dead-lettered with the
-//! status and the start of the response body. Redirects are not followed.
+//! Delivered = a 2xx answer. What any other answer means is [`classify`]'s one decision: the
+//! endpoint's own trouble (unreachable, timed out, 401/403/404, 408, 429, 502/503/504, a
+//! redirect) is [`ErrorKind::Unavailable`], never counted against the event; a refusal of this
+//! request (400, 413, 415, 422…) is [`ErrorKind::Permanent`]: dead-lettered with the status and
+//! the start of the response body; a 500 (and other answers that may pass later) is
+//! [`ErrorKind::Retryable`]. `Retry-After` is honoured whatever the kind. Redirects are not
+//! followed.
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
@@ -20,7 +24,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::StatusCode;
 use sha2::Sha256;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 
 /// HTTP webhook settings (config section `[http]`).
 #[derive(Clone, PartialEq, serde::Deserialize)]
@@ -179,7 +183,7 @@ impl Sink for WebhookSink {
             .send()
             .await
             .map_err(|e| {
-                SinkError::retryable(format!("POST {} {}", self.shown, describe_error(&e)))
+                SinkError::unavailable(format!("POST {} {}", self.shown, describe_error(&e)))
             })?;
         let status = response.status();
         if status.is_success() {
@@ -188,21 +192,44 @@ impl Sink for WebhookSink {
         let wait = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();
         let excerpt: String = body.chars().take(BODY_EXCERPT).collect();
-        let text = format!("POST {} answered {status}: {excerpt}", self.shown);
-        let retry = status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error();
-        if retry {
-            let mut e = SinkError::retryable(text);
-            e.retry_after = wait;
-            Err(e)
-        } else {
-            Err(SinkError::permanent(text))
-        }
+        let kind = classify(status);
+        let hint = match status.as_u16() {
+            401 | 403 | 407 => " (the endpoint refuses the relay's credentials)",
+            404 | 405 | 410 => " (no webhook at this URL)",
+            300..=399 => " (redirects are not followed: use the URL it points to)",
+            _ => "",
+        };
+        Err(SinkError {
+            kind,
+            message: format!("POST {} answered {status}{hint}: {excerpt}", self.shown),
+            retry_after: wait.filter(|_| kind != ErrorKind::Permanent),
+        })
     }
 
     fn describe(&self) -> String {
         format!("webhook {}", self.shown)
+    }
+}
+
+/// Whose failure a non-2xx answer is.
+///
+/// - [`ErrorKind::Unavailable`], the endpoint's trouble, fixed without touching the event:
+///   refused credentials or permission (401, 403, 407, 511), no webhook there (404, 405, 410,
+///   a redirect), timeouts and throttling (408, 429), a gateway or server that is down or
+///   misconfigured (501, 502, 503, 504, 505, 507), and requests this relay would always
+///   send wrong (411, 414, 426).
+/// - [`ErrorKind::Permanent`], this request will never be accepted: every other 4xx, e.g. 400,
+///   413, 415, 422, 431.
+/// - [`ErrorKind::Retryable`], an answer about this request that may change: 409, 423, 425, 500
+///   and the other 5xx.
+pub fn classify(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        300..=399 => ErrorKind::Unavailable,
+        401 | 403 | 404 | 405 | 407 | 408 | 410 | 411 | 414 | 426 | 429 => ErrorKind::Unavailable,
+        409 | 423 | 425 => ErrorKind::Retryable,
+        400..=499 => ErrorKind::Permanent,
+        501..=505 | 507 | 511 => ErrorKind::Unavailable,
+        _ => ErrorKind::Retryable,
     }
 }
 
@@ -251,6 +278,23 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{o:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        use ErrorKind::*;
+        let kind = |code: u16| classify(StatusCode::from_u16(code).unwrap());
+        for code in [
+            301, 302, 307, 308, 401, 403, 404, 405, 407, 408, 410, 429, 502, 503, 504,
+        ] {
+            assert_eq!(kind(code), Unavailable, "{code}");
+        }
+        for code in [400, 406, 412, 413, 415, 422, 431, 451] {
+            assert_eq!(kind(code), Permanent, "{code}");
+        }
+        for code in [409, 423, 425, 500, 506, 508, 599] {
+            assert_eq!(kind(code), Retryable, "{code}");
+        }
     }
 
     #[test]

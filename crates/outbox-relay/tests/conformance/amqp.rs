@@ -15,7 +15,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 
 use crate::harness::{Harness, Received, Rejection};
 
@@ -210,6 +210,7 @@ impl Harness for AmqpHarness {
         Rejection {
             payload_bytes: 0,
             reason: "unroutable",
+            kind: ErrorKind::Retryable,
         }
     }
 
@@ -233,6 +234,7 @@ mod sink {
     use lapin::types::FieldTable;
     use lapin::ExchangeKind;
     use outbox_relay::sink::amqp::{AmqpOptions, AmqpSink};
+    use outbox_relay::sink::ErrorKind;
     use outbox_relay::{Message, Sink};
 
     use crate::harness::Harness;
@@ -274,7 +276,7 @@ mod sink {
 
     /// `amqps://` through a TLS-terminating proxy (a test CA signed its certificate) in front
     /// of the real RabbitMQ: trusted through `ca_file`, the message is confirmed and arrives;
-    /// with the system's roots only, the publish fails as retryable, naming the certificate.
+    /// with the system's roots only, the publish fails as unavailable, naming the certificate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delivers_over_tls_with_a_private_ca() {
         let Some(h) = AmqpHarness::setup().await else {
@@ -307,7 +309,7 @@ mod sink {
     }
 
     #[tokio::test]
-    async fn unreachable_broker_fails_fast_as_retryable() {
+    async fn unreachable_broker_fails_fast_as_unavailable() {
         // A port nobody listens on.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -322,7 +324,7 @@ mod sink {
         let started = Instant::now();
         for _ in 0..20 {
             let err = sink.publish(&message("t")).await.unwrap_err();
-            assert!(err.is_retryable(), "{err}");
+            assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
             assert!(err.message.contains("cannot connect"), "{err}");
         }
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -359,7 +361,8 @@ mod sink {
                 result.unwrap_or_else(|e| panic!("publish {i} to a bound key failed: {e}"));
             } else {
                 let e = result.expect_err("an unroutable publish fails");
-                assert!(e.is_retryable() && e.message.contains("unroutable"), "{e}");
+                assert_eq!(e.kind, ErrorKind::Retryable, "{e}");
+                assert!(e.message.contains("unroutable"), "{e}");
             }
         }
         assert_eq!(h.receive(200, Duration::from_secs(10)).await.len(), 200);
@@ -382,7 +385,7 @@ mod sink {
         )
         .await;
         let err = sink_without.publish(&message("x")).await.unwrap_err();
-        assert!(err.is_retryable(), "{err}");
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
         assert!(err.message.contains("does not exist"), "{err}");
         // The sink recovers from the closed channel: the next publish works once declared.
         let declaring = sink(
@@ -436,10 +439,10 @@ mod sink {
         let mut big = message(&h.order_topic());
         big.value = bytes::Bytes::from(vec![b'x'; 2048]);
         let err = sink.publish(&big).await.unwrap_err();
-        assert!(!err.is_retryable(), "{err}");
+        assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
         assert!(err.message.contains("larger than"), "{err}");
         let err = sink.publish(&message(&"k".repeat(300))).await.unwrap_err();
-        assert!(!err.is_retryable(), "{err}");
+        assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
         h.cleanup().await;
     }
 }

@@ -1,14 +1,15 @@
 //! What a sink provides to enroll, and the four tests every sink passes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_relay::route::{Envelope, Template};
-use outbox_relay::sink::{self, SinkOptions};
+use outbox_relay::sink::{self, ErrorKind, SinkOptions};
 use outbox_relay::source::poll::PollOptions;
 use outbox_relay::store::{ConnectOptions, Store};
+use outbox_relay::{Message, Sink, SinkError};
 use outbox_relay::{Relay, RelayConfig, RetryPolicy, Router, Stats};
 pub use outbox_testkit::{require, Proxy, TestDb};
 use serde_json::json;
@@ -34,6 +35,9 @@ pub struct Rejection {
     pub payload_bytes: usize,
     /// A phrase the dead letter's error must contain.
     pub reason: &'static str,
+    /// The kind of the sink's error: the message's (`Permanent`, or `Retryable` when the
+    /// broker may take it later), never `Unavailable`.
+    pub kind: ErrorKind,
 }
 
 /// A broker outage the test controls.
@@ -96,6 +100,65 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), outbox_relay::Error>>,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// Every error its sink returned, in order.
+    pub failures: Failures,
+}
+
+/// The errors a [`Recording`] sink returned.
+pub type Failures = Arc<Mutex<Vec<(String, SinkError)>>>;
+
+/// A sink that keeps every error of the sink it wraps (with the message's topic).
+struct Recording {
+    inner: Arc<dyn Sink>,
+    failures: Failures,
+}
+
+impl Recording {
+    fn keep<T>(&self, topic: &str, result: Result<T, SinkError>) -> Result<T, SinkError> {
+        if let Err(e) = &result {
+            self.failures
+                .lock()
+                .unwrap()
+                .push((topic.to_string(), e.clone()));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Sink for Recording {
+    async fn publish(&self, message: &Message) -> Result<(), SinkError> {
+        let result = self.inner.publish(message).await;
+        self.keep(&message.topic, result)
+    }
+    async fn flush(&self) -> Result<(), SinkError> {
+        let result = self.inner.flush().await;
+        self.keep("", result)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Waits (bounded) until `failures` holds at least one error; returns them all.
+pub async fn first_failures(failures: &Failures, limit: Duration, what: &str) -> Vec<SinkError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got: Vec<SinkError> = failures
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect();
+        if !got.is_empty() {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl Running {
@@ -110,21 +173,40 @@ impl Running {
     }
 }
 
-/// A migrated store on a private database.
+/// A message for `topic` with a fresh event id (in the `id` header too).
+pub fn message(topic: &str) -> Message {
+    let id = uuid::Uuid::new_v4();
+    Message {
+        id,
+        topic: topic.into(),
+        key: "o-1".into(),
+        value: bytes::Bytes::from_static(b"{}"),
+        headers: vec![("id".into(), id.to_string())],
+    }
+}
+
+/// Publishing to a broker that cannot be reached fails, as unavailable. Returns the error.
+pub async fn unreachable_publish_fails(sink: &dyn Sink, topic: &str) -> SinkError {
+    let err = sink
+        .publish(&message(topic))
+        .await
+        .expect_err("nothing answers");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    err
+}
+
 /// TLS tests: publishing to a server whose certificate no trusted CA signed must fail, and
-/// as retryable (the operator fixes the trust store; the events wait). Returns the error.
-pub async fn untrusted_publish_fails(
-    sink: &dyn outbox_relay::Sink,
-    message: &outbox_relay::Message,
-) -> outbox_relay::SinkError {
+/// as unavailable (the operator fixes the trust store; the events wait). Returns the error.
+pub async fn untrusted_publish_fails(sink: &dyn Sink, message: &Message) -> SinkError {
     let err = sink
         .publish(message)
         .await
         .expect_err("a certificate no trusted CA signed must not be accepted");
-    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
     err
 }
 
+/// A migrated store on a private database.
 pub async fn store(db: &TestDb) -> Store {
     let s = Store::connect(&db.url, &ConnectOptions::default())
         .await
@@ -140,9 +222,13 @@ pub async fn start_relay<H: Harness>(
     url: &str,
     retry: RetryPolicy,
 ) -> Running {
-    let sink = sink::from_url(url, &h.sink_options())
-        .await
-        .expect("sink from URL");
+    let failures = Failures::default();
+    let sink = Arc::new(Recording {
+        inner: sink::from_url(url, &h.sink_options())
+            .await
+            .expect("sink from URL"),
+        failures: failures.clone(),
+    });
     let router = Router::new(
         Template::parse(&h.topic_template()).expect("template"),
         Envelope::Reference,
@@ -171,6 +257,7 @@ pub async fn start_relay<H: Harness>(
         shutdown,
         task,
         stats,
+        failures,
     }
 }
 
@@ -349,16 +436,23 @@ pub async fn survives_an_outage<H: Harness>() {
         s.pending == 0
     })
     .await;
+    relay.failures.lock().unwrap().clear();
     outage.cut().await;
     insert_orders(&store, 20, 10, 10).await;
-    wait_status(
-        &store,
+    let failed = first_failures(
+        &relay.failures,
         Duration::from_secs(60),
         "failed attempts during the outage",
-        |s| s.retrying > 0,
     )
     .await;
     outage.restore().await;
+    for e in &failed {
+        assert_eq!(
+            e.kind,
+            ErrorKind::Unavailable,
+            "a broker outage is the sink's failure, never the message's: {e}"
+        );
+    }
     wait_status(
         &store,
         Duration::from_secs(120),
@@ -396,6 +490,18 @@ pub async fn dead_letters_what_the_broker_refuses<H: Harness>() {
     .await;
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead[0].aggregate_type, "Poison");
+    let refusals: Vec<SinkError> = relay
+        .failures
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(topic, _)| topic.contains("poison"))
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert!(!refusals.is_empty(), "the sink refused the poison message");
+    for e in &refusals {
+        assert_eq!(e.kind, rejection.kind, "{e}");
+    }
     assert!(
         dead[0].error.contains(rejection.reason),
         "the dead letter says why ({:?}): {}",

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 use outbox_testkit::Proxy;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -95,6 +95,7 @@ impl Harness for KafkaHarness {
         Rejection {
             payload_bytes: 2 * 1024 * 1024,
             reason: "Kafka refused the message: too large",
+            kind: ErrorKind::Permanent,
         }
     }
 
@@ -374,4 +375,21 @@ async fn delivers_over_tls_with_a_private_ca() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].value, b"{\"n\":1}".to_vec());
     assert_eq!(got[0].headers.get("id"), Some(&id.to_string()));
+}
+
+/// Brokers nobody runs: not a configuration error; a publish fails as unavailable once the
+/// message timeout is over (never counted against the event).
+#[tokio::test]
+async fn unreachable_brokers_are_unavailable() {
+    use outbox_relay::sink::kafka::{KafkaOptions, KafkaSink};
+
+    let port = outbox_testkit::free_port();
+    let options = KafkaOptions {
+        message_timeout: Duration::from_millis(500),
+        ..KafkaOptions::default()
+    };
+    let sink = KafkaSink::connect(&format!("kafka://127.0.0.1:{port}"), &options)
+        .await
+        .expect("librdkafka connects in the background");
+    crate::harness::unreachable_publish_fails(&sink, "unreachable").await;
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -189,6 +189,7 @@ impl Harness for MqttHarness {
         Rejection {
             payload_bytes: 2 * 1024 * 1024,
             reason: "exceeds the maximum packet size",
+            kind: ErrorKind::Permanent,
         }
     }
 
@@ -209,6 +210,7 @@ mod sink {
     use std::time::{Duration, Instant};
 
     use outbox_relay::sink::mqtt::{MqttOptions, MqttSink};
+    use outbox_relay::sink::ErrorKind;
     use outbox_relay::{Message, Sink};
 
     use super::MqttHarness;
@@ -330,7 +332,7 @@ mod sink {
             match sink.publish(&sent).await {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                    assert!(e.is_retryable(), "{e}");
+                    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("no delivery over TLS within 10s: {e}"),
@@ -342,7 +344,7 @@ mod sink {
     }
 
     #[tokio::test]
-    async fn unreachable_broker_fails_fast_as_retryable() {
+    async fn unreachable_broker_fails_fast_as_unavailable() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -357,7 +359,7 @@ mod sink {
         let started = Instant::now();
         for _ in 0..20 {
             let err = sink.publish(&message("a/b", 0)).await.unwrap_err();
-            assert!(err.is_retryable(), "{err}");
+            assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
         }
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -372,7 +374,7 @@ mod sink {
             .expect("MQTT sink");
         for topic in ["a/+/b", "a/#", "$SYS/x", ""] {
             let err = sink.publish(&message(topic, 0)).await.unwrap_err();
-            assert!(!err.is_retryable(), "{topic}: {err}");
+            assert_eq!(err.kind, ErrorKind::Permanent, "{topic}: {err}");
         }
         // The connection is still fine afterwards.
         sink.publish(&message(&h.order_topic(), 1))

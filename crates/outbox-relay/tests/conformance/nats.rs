@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 use outbox_testkit::TestNats;
 
 use crate::harness::{Harness, Received, Rejection};
@@ -90,10 +90,28 @@ impl Harness for NatsHarness {
         Rejection {
             payload_bytes: 2 * 1024 * 1024,
             reason: "NATS rejected the message",
+            kind: ErrorKind::Permanent,
         }
     }
 
     async fn cleanup(&self) {
         self.nats.cleanup().await;
     }
+}
+
+/// A server nobody runs: not a configuration error; publishes fail as unavailable. (Refused
+/// credentials at start: `tests/secrets.rs`, against a stand-in server.)
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    use outbox_relay::sink::nats::{NatsOptions, NatsSink};
+
+    let port = outbox_testkit::free_port();
+    let options = NatsOptions {
+        ack_timeout: Duration::from_millis(300),
+        ..NatsOptions::default()
+    };
+    let sink = NatsSink::connect(&format!("nats://127.0.0.1:{port}"), &options)
+        .await
+        .expect("an unreachable server is not a configuration error");
+    crate::harness::unreachable_publish_fails(&sink, "orders.created").await;
 }

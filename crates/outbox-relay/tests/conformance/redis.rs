@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::AsyncConnectionConfig;
@@ -131,6 +131,7 @@ impl Harness for RedisHarness {
         Rejection {
             payload_bytes: 0,
             reason: "WRONGTYPE",
+            kind: ErrorKind::Permanent,
         }
     }
 

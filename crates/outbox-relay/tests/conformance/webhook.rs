@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use outbox_relay::sink::webhook::{sign, WebhookOptions};
-use outbox_relay::sink::SinkOptions;
+use outbox_relay::sink::{ErrorKind, SinkOptions};
 
 use crate::harness::{Harness, Received, Rejection};
 
@@ -159,6 +159,7 @@ impl Harness for WebhookHarness {
         Rejection {
             payload_bytes: 2 * 1024 * 1024,
             reason: "413 Payload Too Large",
+            kind: ErrorKind::Permanent,
         }
     }
 
@@ -226,8 +227,10 @@ mod behaviour {
         );
     }
 
+    /// A 500 is the endpoint's answer about this request: counted, retried after the
+    /// `Retry-After` it asked for.
     #[tokio::test]
-    async fn a_503_with_retry_after_is_retried_no_sooner_than_asked() {
+    async fn a_500_with_retry_after_is_retried_no_sooner_than_asked() {
         let db = require!(TestDb::create().await);
         let h = WebhookHarness::setup().await.unwrap();
         h.receiver
@@ -235,7 +238,7 @@ mod behaviour {
             .answers
             .lock()
             .unwrap()
-            .push((503, Some("2"), "busy"));
+            .push((500, Some("2"), "busy"));
         let store = store(&db).await;
         one_event(&store).await;
         let started = std::time::Instant::now();
@@ -259,7 +262,7 @@ mod behaviour {
                 .await
                 .unwrap();
         assert_eq!(count, 1);
-        assert!(error.contains("503") && error.contains("busy"), "{error}");
+        assert!(error.contains("500") && error.contains("busy"), "{error}");
         assert_eq!(h.all().len(), 1);
     }
 
@@ -289,5 +292,72 @@ mod behaviour {
             "{}",
             dead[0].error
         );
+    }
+}
+
+/// What each answer of the endpoint means, against a real HTTP server.
+mod kinds {
+    use super::*;
+    use outbox_relay::sink::webhook::WebhookSink;
+    use outbox_relay::Sink;
+
+    fn message() -> outbox_relay::Message {
+        crate::harness::message("order-events")
+    }
+
+    /// 401/403/404 (a revoked token, a removed endpoint), 429 and 503 are the endpoint's
+    /// trouble: unavailable, never dead-lettered, `Retry-After` kept. A 500 is retryable, a 400
+    /// or 413 permanent.
+    #[tokio::test]
+    async fn statuses_map_to_kinds() {
+        let h = WebhookHarness::setup().await.unwrap();
+        let cases: [(Answer, ErrorKind, Option<u64>); 8] = [
+            ((401, None, "token revoked"), ErrorKind::Unavailable, None),
+            ((403, None, "forbidden"), ErrorKind::Unavailable, None),
+            ((404, None, "no such hook"), ErrorKind::Unavailable, None),
+            (
+                (429, Some("7"), "slow down"),
+                ErrorKind::Unavailable,
+                Some(7),
+            ),
+            (
+                (503, Some("3"), "maintenance"),
+                ErrorKind::Unavailable,
+                Some(3),
+            ),
+            ((500, None, "oops"), ErrorKind::Retryable, None),
+            ((400, None, "bad"), ErrorKind::Permanent, None),
+            ((413, None, "too big"), ErrorKind::Permanent, None),
+        ];
+        h.receiver
+            .script
+            .answers
+            .lock()
+            .unwrap()
+            .extend(cases.iter().map(|(a, _, _)| *a));
+        let sink = WebhookSink::connect(&h.sink_url(&h.broker()), &h.sink_options().http)
+            .await
+            .expect("webhook sink");
+        for ((status, _, body), kind, wait) in cases {
+            let err = sink.publish(&message()).await.unwrap_err();
+            assert_eq!(err.kind, kind, "{status}: {err}");
+            assert!(err.message.contains(&status.to_string()), "{err}");
+            assert!(err.message.contains(body), "{err}");
+            assert_eq!(err.retry_after, wait.map(Duration::from_secs), "{status}");
+        }
+        sink.publish(&message()).await.expect("then 204");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable() {
+        let port = outbox_testkit::free_port();
+        let sink = WebhookSink::connect(
+            &format!("http://127.0.0.1:{port}/hooks/orders"),
+            &WebhookOptions::default(),
+        )
+        .await
+        .expect("webhook sink");
+        let err = crate::harness::unreachable_publish_fails(&sink, "order-events").await;
+        assert!(err.message.contains("connection failed"), "{err}");
     }
 }

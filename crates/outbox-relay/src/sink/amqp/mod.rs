@@ -15,7 +15,16 @@
 //! lapin does not reconnect by itself. The sink keeps one connection, opened at start when the
 //! broker is reachable and otherwise on the next publish; a broken connection is dropped and
 //! re-opened by the next publish (one attempt at a time, and not more often than every
-//! [`RECONNECT_PAUSE`]), so while RabbitMQ is unreachable publishes fail fast as retryable.
+//! [`RECONNECT_PAUSE`]), so while RabbitMQ is unreachable publishes fail fast as
+//! [`ErrorKind::Unavailable`](super::ErrorKind::Unavailable).
+//!
+//! Whose failure a failed publish is: a returned (unroutable) message or a `basic.nack` is the
+//! message's ([`ErrorKind::Retryable`](super::ErrorKind::Retryable): counted, then
+//! dead-lettered), one larger than the broker takes is
+//! [`Permanent`](super::ErrorKind::Permanent); an unreachable broker, refused credentials or
+//! permissions, a missing exchange, a timed-out confirm are the broker's
+//! ([`Unavailable`](super::ErrorKind::Unavailable)); [`publish_kind`] decides for errors
+//! RabbitMQ closes a channel with.
 //!
 //! Each publish borrows a channel of its own from a pool (`channels`, the number of publishes in
 //! flight) and holds it until its confirm arrives. One unconfirmed message per channel is what
@@ -41,7 +50,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::template::Template;
 use options::parse_url;
 pub use options::AmqpOptions;
@@ -67,7 +76,15 @@ impl Conn {
 /// The last failed connection attempt.
 struct Failure {
     at: Instant,
+    failed: ConnectFailure,
+}
+
+/// A failed connection attempt: why ([`ErrorKind::Unavailable`]), and whether the broker
+/// refused the credentials or vhost (a configuration error at start).
+#[derive(Clone)]
+struct ConnectFailure {
     error: SinkError,
+    refused: bool,
 }
 
 /// Publishes to RabbitMQ with publisher confirms.
@@ -95,9 +112,10 @@ impl AmqpSink {
     /// `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are
     /// configuration errors.
     ///
-    /// A broker that cannot be reached now is not an error: the sink connects on the next
-    /// publish, and publishes fail as retryable until it can. Refused credentials or vhost are
-    /// configuration errors. `amqps://` connects through TLS.
+    /// A broker that cannot be reached now is not an error (a warning says why): the sink
+    /// connects on the next publish, and publishes fail as unavailable until it can. Refused
+    /// credentials or vhost are configuration errors at start (later, publishes fail as
+    /// unavailable until the operator fixes them). `amqps://` connects through TLS.
     pub async fn connect(url: &str, options: &AmqpOptions) -> Result<Self, crate::Error> {
         let (uri, options) = parse_url(url, options)?;
         let redacted = crate::redact_url(url);
@@ -141,20 +159,18 @@ impl AmqpSink {
         };
         match sink.connection().await {
             Ok(_) => tracing::info!(sink = %sink.describe(), "connected to RabbitMQ"),
-            Err(e) if e.kind == super::ErrorKind::Permanent => {
-                return Err(crate::Error::Config(e.message))
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
+            Err(f) if f.refused => return Err(crate::Error::Config(f.error.message)),
+            Err(f) => tracing::warn!(
+                broker = %sink.url,
+                error = %f.error,
                 "RabbitMQ is unreachable for now; events wait in the outbox until it is back"
             ),
         }
         Ok(sink)
     }
 
-    /// The open connection, opening one if needed. A `Permanent` error means the broker
-    /// refused the credentials or vhost (a configuration problem).
-    async fn connection(&self) -> Result<Arc<Conn>, SinkError> {
+    /// The open connection, opening one if needed.
+    async fn connection(&self) -> Result<Arc<Conn>, ConnectFailure> {
         if let Some(conn) = self.open_connection() {
             return Ok(conn);
         }
@@ -164,7 +180,7 @@ impl AmqpSink {
         }
         if let Some(failure) = last.as_ref() {
             if failure.at.elapsed() < RECONNECT_PAUSE {
-                return Err(failure.error.clone());
+                return Err(failure.failed.clone());
             }
         }
         let props = ConnectionProperties::default().with_connection_name("outbox-relay".into());
@@ -175,25 +191,24 @@ impl AmqpSink {
         })
         .await;
         let connection = match result {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let error = self.connect_error(&e);
-                *last = Some(Failure {
-                    at: Instant::now(),
-                    error: error.clone(),
-                });
-                return Err(error);
-            }
-            Err(_) => {
-                let error = SinkError::retryable(format!(
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.connect_error(&e)),
+            Err(_) => Err(ConnectFailure {
+                error: SinkError::unavailable(format!(
                     "RabbitMQ {}: no connection within {:?}",
                     self.url, self.options.connect_timeout
-                ));
+                )),
+                refused: false,
+            }),
+        };
+        let connection = match connection {
+            Ok(c) => c,
+            Err(failed) => {
                 *last = Some(Failure {
                     at: Instant::now(),
-                    error: error.clone(),
+                    failed: failed.clone(),
                 });
-                return Err(error);
+                return Err(failed);
             }
         };
         *last = None;
@@ -219,22 +234,24 @@ impl AmqpSink {
         }
     }
 
-    fn connect_error(&self, e: &lapin::Error) -> SinkError {
+    fn connect_error(&self, e: &lapin::Error) -> ConnectFailure {
         let text = format!("RabbitMQ {}: cannot connect: {e}", self.url);
-        match e.kind() {
-            lapin::ErrorKind::ProtocolError(amqp)
-                if matches!(
-                    amqp.kind(),
-                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
-                        | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-                ) =>
-            {
-                SinkError::permanent(format!(
-                    "{text} (check the user, password and vhost in the URL)"
-                ))
-            }
-            _ => SinkError::retryable(text),
-        }
+        let refused = matches!(
+            e.kind(),
+            lapin::ErrorKind::ProtocolError(amqp) if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+                    | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+            )
+        );
+        let error = if refused {
+            SinkError::unavailable(format!(
+                "{text} (check the user, password and vhost in the URL)"
+            ))
+        } else {
+            SinkError::unavailable(text)
+        };
+        ConnectFailure { error, refused }
     }
 
     /// An idle channel in confirm mode, or a new one.
@@ -255,11 +272,11 @@ impl AmqpSink {
         .await;
         match opened {
             Ok(Ok(ch)) => Ok(ch),
-            Ok(Err(e)) => Err(SinkError::retryable(format!(
+            Ok(Err(e)) => Err(SinkError::unavailable(format!(
                 "RabbitMQ {}: opening a channel: {e}",
                 self.url
             ))),
-            Err(_) => Err(SinkError::retryable(format!(
+            Err(_) => Err(SinkError::unavailable(format!(
                 "RabbitMQ {}: no channel within {:?}",
                 self.url, self.options.connect_timeout
             ))),
@@ -306,13 +323,13 @@ impl AmqpSink {
                     .insert(exchange.to_string());
                 Ok(())
             }
-            Ok(Err(e)) => Err(SinkError::retryable(format!(
+            Ok(Err(e)) => Err(SinkError::unavailable(format!(
                 "RabbitMQ: declaring exchange {exchange:?} (durable, type {}) failed: {e}; \
                  if it exists with other settings, set amqp.declare_exchange = false \
                  or amqp.exchange_type to match",
                 self.options.exchange_type
             ))),
-            Err(_) => Err(SinkError::retryable(format!(
+            Err(_) => Err(SinkError::unavailable(format!(
                 "RabbitMQ: declaring exchange {exchange:?} took longer than {:?}",
                 self.options.confirm_timeout
             ))),
@@ -358,7 +375,7 @@ impl AmqpSink {
             }
             Err(_) => {
                 return Err((
-                    SinkError::retryable(format!(
+                    SinkError::unavailable(format!(
                         "RabbitMQ: no publisher confirm within {:?} (exchange {exchange:?}, \
                          routing key {routing_key:?})",
                         self.options.confirm_timeout
@@ -386,7 +403,7 @@ impl AmqpSink {
                 true,
             )),
             Confirmation::NotRequested => Err((
-                SinkError::retryable("RabbitMQ: the channel is not in confirm mode"),
+                SinkError::unavailable("RabbitMQ: the channel is not in confirm mode"),
                 false,
             )),
         }
@@ -414,12 +431,9 @@ impl Sink for AmqpSink {
             .permits
             .acquire()
             .await
-            .map_err(|_| SinkError::retryable("RabbitMQ sink is shutting down"))?;
-        let conn = match self.connection().await {
-            Ok(c) => c,
-            // Refused credentials after start: wait for the operator rather than dead-letter.
-            Err(e) => return Err(SinkError::retryable(e.message)),
-        };
+            .map_err(|_| SinkError::unavailable("RabbitMQ sink is shutting down"))?;
+        // Refused credentials after start too: the operator fixes them, the events wait.
+        let conn = self.connection().await.map_err(|f| f.error)?;
         let channel = match self.channel(&conn).await {
             Ok(ch) => ch,
             Err(e) => {
@@ -522,21 +536,53 @@ fn check_name(s: &str, what: &str) -> Result<(), SinkError> {
 /// Classifies a failed publish (the channel or connection was closed under it).
 fn publish_error(exchange: &str, routing_key: &str, e: &lapin::Error) -> SinkError {
     let text = e.to_string();
-    if text.contains("larger than configured max size") || text.contains("max_message_size") {
+    let amqp = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.kind().clone()),
+        _ => None,
+    };
+    let kind = publish_kind(amqp.as_ref(), &text);
+    if kind == ErrorKind::Permanent {
         return SinkError::permanent(format!("RabbitMQ rejected the message: {text}"));
     }
-    let hint = match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp)
-            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-        {
+    let hint = match amqp {
+        Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => {
             " (the exchange does not exist: create it or set amqp.declare_exchange = true)"
+        }
+        Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => {
+            " (the user may not write to this exchange)"
         }
         _ => "",
     };
-    SinkError::retryable(format!(
-        "RabbitMQ publish to exchange {exchange:?} with routing key {routing_key:?} failed: \
-         {text}{hint}"
-    ))
+    SinkError {
+        kind,
+        message: format!(
+            "RabbitMQ publish to exchange {exchange:?} with routing key {routing_key:?} \
+             failed: {text}{hint}"
+        ),
+        retry_after: None,
+    }
+}
+
+/// Whose failure a publish is that RabbitMQ answered by closing the channel (`amqp`: the AMQP
+/// error it closed it with, `None` when the connection failed instead).
+///
+/// - [`ErrorKind::Permanent`]: larger than the broker's `max_message_size` (406 with
+///   "larger than configured max size", or 311 content too large).
+/// - [`ErrorKind::Retryable`]: the broker could not route this message (312, 313) or refused
+///   it for a reason of its own (406).
+/// - [`ErrorKind::Unavailable`]: a missing exchange (404), no permission (403), a locked
+///   resource (405), any connection-level error, or no answer.
+pub fn publish_kind(amqp: Option<&AMQPErrorKind>, text: &str) -> ErrorKind {
+    if text.contains("larger than configured max size") || text.contains("max_message_size") {
+        return ErrorKind::Permanent;
+    }
+    match amqp {
+        Some(AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE)) => ErrorKind::Permanent,
+        Some(AMQPErrorKind::Soft(
+            AMQPSoftError::NOROUTE | AMQPSoftError::NOCONSUMERS | AMQPSoftError::PRECONDITIONFAILED,
+        )) => ErrorKind::Retryable,
+        _ => ErrorKind::Unavailable,
+    }
 }
 
 #[cfg(test)]
@@ -637,11 +683,39 @@ mod tests {
     fn long_names_are_permanent_errors() {
         let mut m = message();
         m.headers.push(("h".repeat(300), "v".into()));
-        assert!(!properties(&m).unwrap_err().is_retryable());
-        assert!(!check_name(&"k".repeat(256), "routing key")
-            .unwrap_err()
-            .is_retryable());
+        assert_eq!(properties(&m).unwrap_err().kind, ErrorKind::Permanent);
+        assert_eq!(
+            check_name(&"k".repeat(256), "routing key")
+                .unwrap_err()
+                .kind,
+            ErrorKind::Permanent
+        );
         assert!(check_name(&"k".repeat(255), "routing key").is_ok());
+    }
+
+    #[test]
+    fn publish_failures_are_classified() {
+        use AMQPErrorKind::{Hard, Soft};
+        let too_large =
+            "PRECONDITION_FAILED - message size 2048 is larger than configured max size 1024";
+        let soft = |e| publish_kind(Some(&Soft(e)), "");
+        assert_eq!(
+            publish_kind(Some(&Soft(AMQPSoftError::PRECONDITIONFAILED)), too_large),
+            ErrorKind::Permanent
+        );
+        assert_eq!(soft(AMQPSoftError::CONTENTTOOLARGE), ErrorKind::Permanent);
+        assert_eq!(soft(AMQPSoftError::NOROUTE), ErrorKind::Retryable);
+        assert_eq!(
+            soft(AMQPSoftError::PRECONDITIONFAILED),
+            ErrorKind::Retryable
+        );
+        assert_eq!(soft(AMQPSoftError::NOTFOUND), ErrorKind::Unavailable);
+        assert_eq!(soft(AMQPSoftError::ACCESSREFUSED), ErrorKind::Unavailable);
+        assert_eq!(
+            publish_kind(Some(&Hard(AMQPHardError::CONNECTIONFORCED)), ""),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(publish_kind(None, "IO error"), ErrorKind::Unavailable);
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! # Connection and acknowledgements
 //!
 //! A background task owns the rumqttc event loop. Each connection is a fresh client with a clean
-//! session; when it breaks, every publish waiting on it fails (retryable) and the task connects
-//! again after a short pause (100 ms, doubling up to 2 s). Between connections publishes fail at
-//! once, so an outage costs retries, never hung publishes.
+//! session; when it breaks, every publish waiting on it fails (unavailable: not the message's
+//! fault) and the task connects again after a short pause (100 ms, doubling up to 2 s). Between
+//! connections publishes fail at once, so an outage costs nothing but waiting, never hung
+//! publishes. A lost connection is logged once (WARN), the attempts after it at DEBUG, and the
+//! reconnection once (INFO).
 //!
 //! rumqttc 0.25 hands out no per-publish token. The task pairs each publish with its packet id
 //! instead: requests leave the client's queue in order, and the event loop reports each one as
@@ -49,13 +51,13 @@ use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::retry::Backoff;
 use options::parse_url;
 pub use options::MqttOptions;
 
 /// Publishes the client may queue before the event loop takes them (beyond that, a publish
-/// fails as retryable).
+/// fails as unavailable).
 const QUEUE_CAPACITY: usize = 65_536;
 /// First pause before reconnecting; doubles up to [`MAX_RECONNECT_PAUSE`].
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
@@ -96,7 +98,7 @@ impl Session {
         match waiter {
             Some(w) => {
                 if let Some(stale) = p.inflight.insert(pkid, w) {
-                    let _ = stale.send(Err(SinkError::retryable(format!(
+                    let _ = stale.send(Err(SinkError::unavailable(format!(
                         "MQTT: packet id {pkid} was reused before its PUBACK"
                     ))));
                 }
@@ -132,7 +134,7 @@ impl Session {
             .collect();
         drop(guard);
         for w in waiters {
-            let _ = w.send(Err(SinkError::retryable(reason.to_string())));
+            let _ = w.send(Err(SinkError::unavailable(reason.to_string())));
         }
     }
 }
@@ -162,7 +164,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        SinkError::retryable(format!(
+        SinkError::unavailable(format!(
             "MQTT broker {} is unreachable: {last}; reconnecting",
             self.addr
         ))
@@ -183,8 +185,9 @@ impl MqttSink {
     /// `client_id`, `retain`, `require_subscribers`; others are configuration errors.
     ///
     /// Waits for the first connection (up to `connect_timeout`): a broker that refuses the
-    /// credentials or MQTT 5 is a configuration error; one that cannot be reached is not (the
-    /// sink keeps trying in the background and publishes fail as retryable meanwhile).
+    /// credentials or MQTT 5 is a configuration error; one that cannot be reached is not (a
+    /// warning says why, the sink keeps trying in the background and publishes fail as
+    /// unavailable meanwhile).
     pub async fn connect(url: &str, options: &MqttOptions) -> Result<Self, crate::Error> {
         let (client_options, options, addr) = parse_url(url, options)?;
         let shared = Arc::new(Shared {
@@ -210,11 +213,12 @@ impl MqttSink {
         let wait = sink.options.connect_timeout + Duration::from_secs(1);
         match tokio::time::timeout(wait, first_rx).await {
             Ok(Ok(Ok(()))) => tracing::info!(sink = %sink.describe(), "connected to MQTT broker"),
-            Ok(Ok(Err(e))) if !e.is_retryable() => {
-                return Err(crate::Error::Config(format!("{}: {}", sink.url, e.message)))
+            Ok(Ok(Err(f))) if f.refused => {
+                return Err(crate::Error::Config(format!("{}: {}", sink.url, f.message)))
             }
-            Ok(Ok(Err(e))) => tracing::warn!(
-                error = %e,
+            Ok(Ok(Err(f))) => tracing::warn!(
+                broker = %sink.shared.addr,
+                error = %f.message,
                 "MQTT broker is unreachable for now; events wait in the outbox until it is back"
             ),
             Ok(Err(_)) | Err(_) => tracing::warn!(
@@ -266,7 +270,7 @@ impl Sink for MqttSink {
         {
             let mut pending = session.lock();
             if let Some(reason) = &pending.closed {
-                return Err(SinkError::retryable(reason.clone()));
+                return Err(SinkError::unavailable(reason.clone()));
             }
             session
                 .client
@@ -278,7 +282,7 @@ impl Sink for MqttSink {
                     properties,
                 )
                 .map_err(|e| {
-                    SinkError::retryable(format!(
+                    SinkError::unavailable(format!(
                         "MQTT: cannot queue the publish to {} ({e}); the connection is \
                          closing or {QUEUE_CAPACITY} publishes are already waiting",
                         message.topic
@@ -288,11 +292,11 @@ impl Sink for MqttSink {
         }
         match tokio::time::timeout(self.options.ack_timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SinkError::retryable(format!(
+            Ok(Err(_)) => Err(SinkError::unavailable(format!(
                 "MQTT: the connection to {} ended before the PUBACK",
                 self.shared.addr
             ))),
-            Err(_) => Err(SinkError::retryable(format!(
+            Err(_) => Err(SinkError::unavailable(format!(
                 "MQTT: no PUBACK within {:?} for topic {}",
                 self.options.ack_timeout, message.topic
             ))),
@@ -310,10 +314,12 @@ async fn supervise(
     options: ClientOptions,
     require_subscribers: bool,
     stop: CancellationToken,
-    first: oneshot::Sender<Result<(), SinkError>>,
+    first: oneshot::Sender<Result<(), ConnectFailure>>,
 ) {
     let mut first = Some(first);
     let mut pause = Backoff::new(RECONNECT_PAUSE, MAX_RECONNECT_PAUSE);
+    // Whether the last connection attempt failed (the outage was reported).
+    let mut down = false;
     loop {
         let (client, mut eventloop) = AsyncClient::new(options.clone(), QUEUE_CAPACITY);
         let session = Arc::new(Session {
@@ -337,7 +343,11 @@ async fn supervise(
                         session.broker_max.store(max, Ordering::Relaxed);
                     }
                     pause.reset();
-                    tracing::debug!(broker = %shared.addr, "MQTT connected");
+                    if std::mem::take(&mut down) {
+                        tracing::info!(broker = %shared.addr, "MQTT reconnected");
+                    } else {
+                        tracing::debug!(broker = %shared.addr, "MQTT connected");
+                    }
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -358,14 +368,24 @@ async fn supervise(
             shared.addr, error.message
         ));
         drop(eventloop);
-        tracing::warn!(broker = %shared.addr, error = %error, "MQTT connection failed");
         if let Some(tx) = first.take() {
-            let permanent = !error.is_retryable();
+            // `connect` says it (a warning, or a configuration error when refused).
+            tracing::debug!(broker = %shared.addr, error = %error.message, "MQTT connection failed");
+            let refused = error.refused;
             let _ = tx.send(Err(error));
-            if permanent {
+            if refused {
                 return;
             }
+        } else if down {
+            tracing::debug!(broker = %shared.addr, error = %error.message, "MQTT connection failed");
+        } else {
+            tracing::warn!(
+                broker = %shared.addr,
+                error = %error.message,
+                "MQTT connection lost; reconnecting, events wait in the outbox"
+            );
         }
+        down = true;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause.fail()) => {}
@@ -373,10 +393,16 @@ async fn supervise(
     }
 }
 
-/// What a failed connection means; `Permanent` when the broker refused us (a configuration
-/// problem: credentials, client id, protocol version).
-fn connection_error(addr: &str, e: &ConnectionError) -> SinkError {
-    match e {
+/// A failed connection: why, and whether the broker refused us (credentials, client id,
+/// protocol version: a configuration error at start).
+struct ConnectFailure {
+    message: String,
+    refused: bool,
+}
+
+/// What a failed connection means.
+fn connection_error(addr: &str, e: &ConnectionError) -> ConnectFailure {
+    let (message, refused) = match e {
         ConnectionError::ConnectionRefused(code) => {
             let text = format!("MQTT broker {addr} refused the connection: {code:?}");
             match code {
@@ -385,46 +411,72 @@ fn connection_error(addr: &str, e: &ConnectionError) -> SinkError {
                 | ConnectReturnCode::BadAuthenticationMethod
                 | ConnectReturnCode::Banned
                 | ConnectReturnCode::ClientIdentifierNotValid
-                | ConnectReturnCode::BadClientId => {
-                    SinkError::permanent(format!("{text} (check the user, password and client id)"))
-                }
+                | ConnectReturnCode::BadClientId => (
+                    format!("{text} (check the user, password and client id)"),
+                    true,
+                ),
                 ConnectReturnCode::UnsupportedProtocolVersion
-                | ConnectReturnCode::RefusedProtocolVersion => SinkError::permanent(format!(
-                    "{text}: the MQTT sink needs an MQTT 5 broker (user properties carry \
-                     the headers)"
-                )),
-                _ => SinkError::retryable(text),
+                | ConnectReturnCode::RefusedProtocolVersion => (
+                    format!(
+                        "{text}: the MQTT sink needs an MQTT 5 broker (user properties carry \
+                         the headers)"
+                    ),
+                    true,
+                ),
+                _ => (text, false),
             }
         }
-        ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_) => {
-            SinkError::retryable(format!("MQTT broker {addr}: {e} (does it speak MQTT 5?)"))
-        }
-        _ => SinkError::retryable(format!("MQTT broker {addr}: {e}")),
-    }
+        ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_) => (
+            format!("MQTT broker {addr}: {e} (does it speak MQTT 5?)"),
+            false,
+        ),
+        _ => (format!("MQTT broker {addr}: {e}"), false),
+    };
+    ConnectFailure { message, refused }
 }
 
 fn puback_result(ack: &PubAck, require_subscribers: bool) -> Result<(), SinkError> {
+    let Some(kind) = puback_kind(ack.reason, require_subscribers) else {
+        return Ok(());
+    };
     let reason = ack
         .properties
         .as_ref()
         .and_then(|p| p.reason_string.as_deref())
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
-    match ack.reason {
-        PubAckReason::Success => Ok(()),
-        PubAckReason::NoMatchingSubscribers if !require_subscribers => Ok(()),
-        PubAckReason::NoMatchingSubscribers => Err(SinkError::retryable(
-            "MQTT broker has no subscriber for the topic (mqtt.require_subscribers)",
-        )),
-        PubAckReason::TopicNameInvalid | PubAckReason::PayloadFormatInvalid => {
-            Err(SinkError::permanent(format!(
-                "MQTT broker rejected the message ({:?}{reason})",
-                ack.reason
-            )))
+    let message = match ack.reason {
+        PubAckReason::NoMatchingSubscribers => {
+            "MQTT broker has no subscriber for the topic (mqtt.require_subscribers)".to_string()
         }
-        other => Err(SinkError::retryable(format!(
-            "MQTT broker refused the message ({other:?}{reason})"
-        ))),
+        other if kind == ErrorKind::Permanent => {
+            format!("MQTT broker rejected the message ({other:?}{reason})")
+        }
+        other => format!("MQTT broker refused the message ({other:?}{reason})"),
+    };
+    Err(SinkError {
+        kind,
+        message,
+        retry_after: None,
+    })
+}
+
+/// Whose failure a `PUBACK` reason code is; `None` for a delivery.
+///
+/// - [`ErrorKind::Permanent`]: the broker will never take this message (topic name or payload
+///   format invalid).
+/// - [`ErrorKind::Unavailable`]: not authorized (the broker's ACL), quota exceeded (throttling).
+/// - [`ErrorKind::Retryable`]: no subscriber when `require_subscribers` is set (the message
+///   could not be routed), or the broker's unspecified or implementation-specific refusal.
+pub fn puback_kind(reason: PubAckReason, require_subscribers: bool) -> Option<ErrorKind> {
+    match reason {
+        PubAckReason::Success => None,
+        PubAckReason::NoMatchingSubscribers if !require_subscribers => None,
+        PubAckReason::TopicNameInvalid | PubAckReason::PayloadFormatInvalid => {
+            Some(ErrorKind::Permanent)
+        }
+        PubAckReason::NotAuthorized | PubAckReason::QuotaExceeded => Some(ErrorKind::Unavailable),
+        _ => Some(ErrorKind::Retryable),
     }
 }
 
@@ -552,7 +604,7 @@ mod tests {
         assert!(validate_topic("orders/o-1").is_ok());
         for bad in ["", "a/+/b", "a/#", "$SYS/x", "a\0b"] {
             let e = validate_topic(bad).unwrap_err();
-            assert!(!e.is_retryable(), "{bad}");
+            assert_eq!(e.kind, ErrorKind::Permanent, "{bad}");
         }
     }
 
@@ -567,7 +619,7 @@ mod tests {
         assert_eq!(p.content_type.as_deref(), Some("application/json"));
         let mut m = message();
         m.headers.push(("bad".into(), "a\0b".into()));
-        assert!(!properties(&m).unwrap_err().is_retryable());
+        assert_eq!(properties(&m).unwrap_err().kind, ErrorKind::Permanent);
     }
 
     #[test]
@@ -579,17 +631,25 @@ mod tests {
         };
         assert!(puback_result(&ack(PubAckReason::Success), true).is_ok());
         assert!(puback_result(&ack(PubAckReason::NoMatchingSubscribers), false).is_ok());
-        assert!(
-            puback_result(&ack(PubAckReason::NoMatchingSubscribers), true)
-                .unwrap_err()
-                .is_retryable()
-        );
-        assert!(!puback_result(&ack(PubAckReason::TopicNameInvalid), false)
-            .unwrap_err()
-            .is_retryable());
-        assert!(puback_result(&ack(PubAckReason::QuotaExceeded), false)
-            .unwrap_err()
-            .is_retryable());
+        for (reason, require, kind) in [
+            (
+                PubAckReason::NoMatchingSubscribers,
+                true,
+                ErrorKind::Retryable,
+            ),
+            (PubAckReason::TopicNameInvalid, false, ErrorKind::Permanent),
+            (
+                PubAckReason::PayloadFormatInvalid,
+                false,
+                ErrorKind::Permanent,
+            ),
+            (PubAckReason::QuotaExceeded, false, ErrorKind::Unavailable),
+            (PubAckReason::NotAuthorized, false, ErrorKind::Unavailable),
+            (PubAckReason::UnspecifiedError, false, ErrorKind::Retryable),
+        ] {
+            let e = puback_result(&ack(reason), require).unwrap_err();
+            assert_eq!(e.kind, kind, "{reason:?}");
+        }
     }
 
     /// The FIFO pairing of waiters and packet ids, collisions included.

@@ -16,110 +16,26 @@
 //! TLS and SASL included (`security.protocol`, `ssl.ca.location`, `sasl.*`): librdkafka is built
 //! with a vendored OpenSSL.
 
-use std::collections::{BTreeMap, HashSet};
+mod log;
+mod options;
+
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use super::{Message, Sink, SinkError};
+use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::apply_params;
-
-/// Kafka settings (config section `[kafka]`; URL query parameters override them).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaOptions {
-    /// Partitions of each topic the sink creates (URL `partitions`).
-    pub partitions: i32,
-    /// Replication factor of each topic the sink creates; `-1` leaves it to the broker's
-    /// `default.replication.factor` (URL `replication_factor`).
-    pub replication_factor: i32,
-    /// Create a missing topic before the first publish to it (URL `create_topics`). Off: the
-    /// topics must exist (or the broker auto-creates them).
-    pub create_topics: bool,
-    /// How long librdkafka may keep trying to deliver one message (`message.timeout.ms`)
-    /// before the publish fails as retryable and the event waits for its backoff
-    /// (URL `message_timeout`).
-    #[serde(deserialize_with = "crate::duration::deserialize")]
-    pub message_timeout: Duration,
-    /// Extra librdkafka producer properties, e.g. `"linger.ms" = 10`,
-    /// `"compression.type" = "lz4"`, `"security.protocol" = "sasl_plaintext"`,
-    /// `"sasl.username"`…; they override the sink's defaults. Unknown properties are
-    /// configuration errors.
-    #[serde(deserialize_with = "properties")]
-    pub producer: BTreeMap<String, String>,
-}
-
-impl Default for KafkaOptions {
-    fn default() -> Self {
-        KafkaOptions {
-            partitions: 3,
-            replication_factor: -1,
-            create_topics: true,
-            message_timeout: Duration::from_secs(30),
-            producer: BTreeMap::new(),
-        }
-    }
-}
-
-/// Producer properties as a TOML table whose values may be strings, numbers or booleans.
-fn properties<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        S(String),
-        I(i64),
-        F(f64),
-        B(bool),
-    }
-    let raw: BTreeMap<String, Scalar> = serde::Deserialize::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Scalar::S(s) => s,
-                Scalar::I(i) => i.to_string(),
-                Scalar::F(f) => f.to_string(),
-                Scalar::B(b) => b.to_string(),
-            };
-            (k, v)
-        })
-        .collect())
-}
-
-/// Routes librdkafka's log lines and global errors to `tracing`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KafkaLog;
-
-impl ClientContext for KafkaLog {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility = fac, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection failures land here too; each publish reports its own outcome.
-        tracing::warn!(error = %error, "Kafka: {reason}");
-    }
-}
+pub use log::KafkaLog;
+pub use options::KafkaOptions;
+use options::{config_error, parse_url, producer_config, validate_options};
 
 type KafkaProducer = FutureProducer<KafkaLog>;
 
@@ -130,6 +46,8 @@ pub struct KafkaSink {
     /// Recreates the producer (fatal errors are final for a librdkafka instance).
     config: ClientConfig,
     admin: AdminClient<KafkaLog>,
+    /// The producers' log context (shared state: an outage reported or not).
+    log: KafkaLog,
     options: KafkaOptions,
     /// `kafka://host:port,…` without credentials, for logs.
     describe: String,
@@ -145,7 +63,7 @@ impl KafkaSink {
     /// e.g. `linger.ms=10`).
     ///
     /// No connection is made here: librdkafka connects in the background and reconnects after
-    /// failures, so while the brokers are unreachable publishes fail as retryable and events
+    /// failures, so while the brokers are unreachable publishes fail as unavailable and events
     /// wait in the outbox.
     pub async fn connect(url: &str, options: &KafkaOptions) -> Result<Self, crate::Error> {
         let parsed = parse_url(url)?;
@@ -170,19 +88,21 @@ impl KafkaSink {
         })?;
         validate_options(&options)?;
         let config = producer_config(&parsed.bootstrap, &options);
+        let log = KafkaLog::new(&format!("kafka://{}", parsed.bootstrap));
         let producer: KafkaProducer = config
-            .create_with_context(KafkaLog)
+            .create_with_context(log.clone())
             .map_err(|e| config_error(&e))?;
         let mut admin_config = config.clone();
         // The admin client never produces: no producer id to acquire.
         admin_config.set("enable.idempotence", "false");
         let admin: AdminClient<KafkaLog> = admin_config
-            .create_with_context(KafkaLog)
+            .create_with_context(log.quiet())
             .map_err(|e| config_error(&e))?;
         Ok(KafkaSink {
             producer: RwLock::new(Arc::new(producer)),
             config,
             admin,
+            log,
             options,
             describe: format!("kafka://{}", parsed.bootstrap),
             topics: RwLock::new(HashSet::new()),
@@ -231,7 +151,9 @@ impl KafkaSink {
                 .admin
                 .create_topics([&new], &admin_options)
                 .await
-                .map_err(|e| SinkError::retryable(format!("Kafka: creating topic {topic}: {e}")))?;
+                .map_err(|e| {
+                    SinkError::unavailable(format!("Kafka: creating topic {topic}: {e}"))
+                })?;
             for result in results {
                 match result {
                     Ok(_) => tracing::info!(
@@ -257,7 +179,7 @@ impl KafkaSink {
                         tracing::warn!(topic, error = %code, "Kafka: could not create the topic; publishing anyway");
                     }
                     Err((_, code)) => {
-                        return Err(SinkError::retryable(format!(
+                        return Err(SinkError::unavailable(format!(
                             "Kafka: creating topic {topic} ({} partitions, replication factor \
                              {}): {code}",
                             self.options.partitions, self.options.replication_factor
@@ -281,7 +203,7 @@ impl KafkaSink {
         }
         match self
             .config
-            .create_with_context::<_, KafkaProducer>(KafkaLog)
+            .create_with_context::<_, KafkaProducer>(self.log.clone())
         {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *current, Arc::new(fresh));
@@ -304,33 +226,26 @@ impl KafkaSink {
         let code = match error {
             KafkaError::MessageProduction(code) => *code,
             other => {
-                return SinkError::retryable(format!("Kafka publish to {topic} failed: {other}"))
+                return SinkError::unavailable(format!("Kafka publish to {topic} failed: {other}"))
             }
         };
-        match code {
+        let text = match code {
             RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::MessageBatchTooLarge => SinkError::permanent(format!(
+            | RDKafkaErrorCode::MessageBatchTooLarge => format!(
                 "Kafka refused the message: too large ({} bytes of value, key and headers; \
                  see message.max.bytes): {code}",
                 message_size(message)
-            )),
-            RDKafkaErrorCode::InvalidTopic => {
-                SinkError::permanent(format!("Kafka refused the topic {topic:?}: {code}"))
-            }
-            RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::PolicyViolation
-            | RDKafkaErrorCode::InvalidArgument => {
-                SinkError::permanent(format!("Kafka refused the message for {topic}: {code}"))
-            }
-            RDKafkaErrorCode::MessageTimedOut => SinkError::retryable(format!(
+            ),
+            RDKafkaErrorCode::InvalidTopic => format!("Kafka refused the topic {topic:?}: {code}"),
+            RDKafkaErrorCode::MessageTimedOut => format!(
                 "Kafka: no delivery report within {:?} for {topic} (brokers unreachable or \
                  partition without leader?)",
                 self.options.message_timeout
-            )),
+            ),
             RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
                 self.forget(topic);
-                SinkError::retryable(format!("Kafka: topic {topic} does not exist (yet)"))
+                format!("Kafka: topic {topic} does not exist (yet)")
             }
             RDKafkaErrorCode::Fatal => {
                 let reason = producer
@@ -339,7 +254,7 @@ impl KafkaSink {
                     .map(|(code, reason)| format!("{code}: {reason}"))
                     .unwrap_or_else(|| code.to_string());
                 self.replace(producer);
-                SinkError::retryable(format!("Kafka producer failed fatally ({reason})"))
+                format!("Kafka producer failed fatally ({reason})")
             }
             // The idempotent producer's identity is no longer accepted (e.g. its epoch bump
             // after timed-out messages was refused): only a new producer id gets it going.
@@ -349,12 +264,97 @@ impl KafkaSink {
             | RDKafkaErrorCode::InvalidProducerIdMapping
             | RDKafkaErrorCode::OutOfOrderSequenceNumber => {
                 self.replace(producer);
-                SinkError::retryable(format!(
+                format!(
                     "Kafka refused the producer's idempotence state ({code}); starting a new producer"
-                ))
+                )
             }
-            _ => SinkError::retryable(format!("Kafka publish to {topic} failed: {code}")),
+            _ => match error_kind(code) {
+                ErrorKind::Permanent => format!("Kafka refused the message for {topic}: {code}"),
+                _ => format!("Kafka publish to {topic} failed: {code}"),
+            },
+        };
+        SinkError {
+            kind: error_kind(code),
+            message: text,
+            retry_after: None,
         }
+    }
+}
+
+/// Whose failure a failed delivery is, by librdkafka's error code.
+///
+/// - [`ErrorKind::Permanent`], this message never fits: too large, an invalid topic name,
+///   record, timestamp or argument, or a broker policy refusing it.
+/// - [`ErrorKind::Unavailable`], the cluster's or the producer's trouble: brokers unreachable,
+///   timed out or throttling, no leader or too few in-sync replicas, the topic missing,
+///   authentication or authorization refused, storage failing, a fenced or fatally failed
+///   producer (replaced), an unsupported broker version or setting.
+/// - [`ErrorKind::Retryable`], any other answer about this message (e.g. a corrupt batch).
+pub fn error_kind(code: RDKafkaErrorCode) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidTopic
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::InvalidArgument
+        | C::BadMessage
+        | C::PolicyViolation => ErrorKind::Permanent,
+        C::MessageTimedOut
+        | C::BrokerTransportFailure
+        | C::Resolve
+        | C::AllBrokersDown
+        | C::OperationTimedOut
+        | C::TimedOutQueue
+        | C::QueueFull
+        | C::RequestTimedOut
+        | C::NetworkException
+        | C::BrokerNotAvailable
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::ISRInsufficient
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::UnknownTopicOrPartition
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::UnknownTopicId
+        | C::ThrottlingQuotaExceeded
+        | C::KafkaStorageError
+        | C::SSL
+        | C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::UnacceptableCredential
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::Fatal
+        | C::Fenced
+        | C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::UnknownProducerId
+        | C::InvalidProducerIdMapping
+        | C::OutOfOrderSequenceNumber
+        | C::UnsupportedVersion
+        | C::UnsupportedForMessageFormat
+        | C::UnsupportedCompressionType
+        | C::InvalidRequiredAcks
+        | C::BrokerDestroy
+        | C::DestroyBroker
+        | C::PurgeQueue
+        | C::PurgeInflight
+        | C::Interrupted
+        | C::CriticalSystemResource
+        | C::FileSystem
+        | C::RebootstrapRequired => ErrorKind::Unavailable,
+        _ => ErrorKind::Retryable,
     }
 }
 
@@ -382,7 +382,10 @@ impl Sink for KafkaSink {
             .send(record, Timeout::After(self.options.message_timeout))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.log.delivered();
+                Ok(())
+            }
             Err((e, _)) => Err(self.classify(message, &e, &producer)),
         }
     }
@@ -399,125 +402,6 @@ fn message_size(m: &Message) -> usize {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
-}
-
-/// The sink's producer configuration: its defaults, then the user's properties.
-fn producer_config(bootstrap: &str, options: &KafkaOptions) -> ClientConfig {
-    let timeout_ms = options.message_timeout.as_millis().min(i32::MAX as u128);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("client.id", "outbox-relay")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", timeout_ms.to_string())
-        // A request to a broker that stopped answering fails within the message timeout.
-        .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
-        .set("linger.ms", "5");
-    for (k, v) in &options.producer {
-        config.set(k, v);
-    }
-    config
-}
-
-fn validate_options(o: &KafkaOptions) -> Result<(), crate::Error> {
-    if o.partitions < 1 {
-        return Err(crate::Error::Config(format!(
-            "kafka.partitions must be at least 1, got {}",
-            o.partitions
-        )));
-    }
-    if o.replication_factor == 0 || o.replication_factor < -1 {
-        return Err(crate::Error::Config(format!(
-            "kafka.replication_factor must be at least 1, or -1 for the broker's default; got {}",
-            o.replication_factor
-        )));
-    }
-    if o.message_timeout < Duration::from_millis(10)
-        || o.message_timeout > Duration::from_millis(i32::MAX as u64)
-    {
-        return Err(crate::Error::Config(format!(
-            "kafka.message_timeout must be within 10ms..24d, got {:?}",
-            o.message_timeout
-        )));
-    }
-    Ok(())
-}
-
-/// A librdkafka configuration error, without property values (they may be secrets).
-fn config_error(e: &KafkaError) -> crate::Error {
-    let text = match e {
-        KafkaError::ClientConfig(_, description, key, _value) => {
-            let secret = ["password", "secret", "token", "key"]
-                .iter()
-                .any(|s| key.to_ascii_lowercase().contains(s));
-            if secret {
-                format!("property {key:?}: invalid value (not shown)")
-            } else {
-                format!("property {key:?}: {description}")
-            }
-        }
-        other => other.to_string(),
-    };
-    crate::Error::Config(format!("Kafka producer configuration: {text}"))
-}
-
-struct KafkaUrl {
-    bootstrap: String,
-    query: Vec<(String, String)>,
-}
-
-fn parse_url(url: &str) -> Result<KafkaUrl, crate::Error> {
-    // Echo neither credentials nor query values (a librdkafka property may be a secret).
-    let redacted = crate::redact_url(url.split('?').next().unwrap_or(url));
-    let invalid = |why: &str| {
-        crate::Error::Config(format!(
-            "invalid Kafka URL {redacted}: {why} (e.g. kafka://127.0.0.1:9092 or \
-             kafka://b1:9092,b2:9092?partitions=6)"
-        ))
-    };
-    let rest = url
-        .strip_prefix("kafka://")
-        .ok_or_else(|| invalid("it must start with kafka://"))?;
-    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let authority = authority.strip_suffix('/').unwrap_or(authority);
-    if authority.contains('@') {
-        return Err(invalid(
-            "credentials do not go in the URL: set sasl.username and sasl.password in \
-             [kafka.producer]",
-        ));
-    }
-    if authority.contains('/') {
-        return Err(invalid("it has no path"));
-    }
-    let mut brokers = Vec::new();
-    for broker in authority.split(',') {
-        let broker = broker.trim();
-        if broker.is_empty() {
-            return Err(invalid("it needs host:port for every broker"));
-        }
-        let has_port = match broker.rfind(':') {
-            Some(i) => !broker.ends_with(']') && !broker[..i].ends_with(':'),
-            None => false,
-        };
-        if has_port {
-            let (host, port) = broker.rsplit_once(':').unwrap_or((broker, ""));
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(invalid(&format!("{broker:?} is not host:port")));
-            }
-            brokers.push(broker.to_string());
-        } else {
-            brokers.push(format!("{broker}:9092"));
-        }
-    }
-    let query = url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    Ok(KafkaUrl {
-        bootstrap: brokers.join(","),
-        query,
-    })
 }
 
 /// Kafka topic names: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -644,7 +528,37 @@ mod tests {
         assert!(validate_topic("outbox.event.Order_1").is_ok());
         for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
             let e = validate_topic(bad).unwrap_err();
-            assert!(!e.is_retryable(), "{bad}");
+            assert_eq!(e.kind, ErrorKind::Permanent, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidTopic,
+            C::InvalidRecord,
+            C::PolicyViolation,
+        ] {
+            assert_eq!(error_kind(code), ErrorKind::Permanent, "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::NotLeaderForPartition,
+            C::TopicAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::ThrottlingQuotaExceeded,
+            C::UnknownTopicOrPartition,
+            C::Fatal,
+            C::ProducerFenced,
+        ] {
+            assert_eq!(error_kind(code), ErrorKind::Unavailable, "{code:?}");
+        }
+        for code in [C::InvalidMessage, C::Unknown] {
+            assert_eq!(error_kind(code), ErrorKind::Retryable, "{code:?}");
         }
     }
 }
