@@ -147,9 +147,7 @@ const EVENT_COLUMNS_LITE: &str = "
 fn events_sql(template: &str, outbox: &str, dead: &str, tail: &str) -> String {
     format!(
         "{} {tail}",
-        template
-            .replace("{outbox}", outbox)
-            .replace("{dead}", dead)
+        template.replace("{outbox}", outbox).replace("{dead}", dead)
     )
 }
 
@@ -306,12 +304,14 @@ impl Store {
         };
         Ok(rows
             .into_iter()
-            .map(|(aggregate_type, pending, retrying, dead_letters)| AggregateCount {
-                aggregate_type,
-                pending,
-                retrying,
-                dead_letters,
-            })
+            .map(
+                |(aggregate_type, pending, retrying, dead_letters)| AggregateCount {
+                    aggregate_type,
+                    pending,
+                    retrying,
+                    dead_letters,
+                },
+            )
             .collect())
     }
 
@@ -330,7 +330,9 @@ impl Store {
                     .fetch_all(pool)
                     .await
                     .map_err(db)?;
-                rows.iter().map(Columns::from_pg).collect::<Result<Vec<_>, _>>()?
+                rows.iter()
+                    .map(Columns::from_pg)
+                    .collect::<Result<Vec<_>, _>>()?
             }
             Store::Sqlite(s) => {
                 let sql = events_sql(
@@ -378,16 +380,13 @@ impl Store {
                     .await
                     .map_err(db)?;
                 tx.rollback().await.map_err(db)?;
-                rows.iter().map(Columns::from_pg).collect::<Result<Vec<_>, _>>()?
+                rows.iter()
+                    .map(Columns::from_pg)
+                    .collect::<Result<Vec<_>, _>>()?
             }
             Store::Sqlite(s) => {
                 let cond = "aggregate_type = ?1 AND aggregate_id = ?2";
-                let sql = events_sql(
-                    EVENT_COLUMNS_LITE,
-                    cond,
-                    cond,
-                    "ORDER BY seq DESC LIMIT ?3",
-                );
+                let sql = events_sql(EVENT_COLUMNS_LITE, cond, cond, "ORDER BY seq DESC LIMIT ?3");
                 let rows = sqlx::query(&sql)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
