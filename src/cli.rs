@@ -125,15 +125,9 @@ pub struct RelayArgs {
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// The web console's token (served under / on --listen): its actions (replay, purge) ask
-    /// for it; without one they are disabled.
-    #[arg(
-        long,
-        env = "OUTBOX_CONSOLE_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub console_token: Option<String>,
+    /// The web console (served under / on --listen).
+    #[command(flatten)]
+    pub console: ConsoleToken,
 
     /// CDC: a Debezium connector registration (the JSON POSTed to Kafka Connect). Its
     /// database.*, slot.name, publication.name, table.include.list and the outbox
@@ -241,14 +235,22 @@ pub struct ConsoleArgs {
     )]
     pub listen: String,
 
-    /// The token the console's actions (replay, purge) ask for; without one they are disabled.
+    #[command(flatten)]
+    pub console: ConsoleToken,
+}
+
+/// `--console-token` / `OUTBOX_CONSOLE_TOKEN`, for the relay's console and `outbox console`.
+#[derive(Debug, Args)]
+pub struct ConsoleToken {
+    /// The token the web console's actions (replay, purge) ask for; without one they are
+    /// disabled.
     #[arg(
-        long,
+        long = "console-token",
         env = "OUTBOX_CONSOLE_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub console_token: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

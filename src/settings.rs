@@ -78,7 +78,7 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
     Ok(RelaySettings::Poll(PollSettings {
         database_url: database_url(cli, file)?,
         listen: listen(args, file)?,
-        console_token: args.console_token.clone(),
+        console_token: args.console.token.clone(),
         sink,
         router,
         config,
@@ -423,7 +423,7 @@ mod cdc_settings {
         Ok(CdcSettings {
             database_url,
             listen: listen(args, file)?,
-            console_token: args.console_token.clone(),
+            console_token: args.console.token.clone(),
             sink,
             routing,
             options,
@@ -450,7 +450,7 @@ pub fn console(
     Ok(ConsoleSettings {
         database_url: database_url(cli, file)?,
         listen: crate::server::parse_listen(&args.listen)?,
-        token: args.console_token.clone(),
+        token: args.console.token.clone(),
     })
 }
 

@@ -19,15 +19,43 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The longest a whole browser test may take.
 const WHOLE: Duration = Duration::from_secs(240);
 
-/// A headless Chromium session, its chromedriver killed when dropped.
+/// A headless Chromium session.
 struct Browser {
     client: Client,
-    _driver: ChildServer,
+}
+
+/// What a browser test gets: its own database and NATS stream, and a browser.
+struct Env {
+    db: TestDb,
+    nats: TestNats,
+    b: Browser,
+}
+
+/// Runs `test` (bounded by [`WHOLE`]) with a fresh database, NATS and headless Chromium,
+/// skipping loudly (or failing, with `OUTBOX_REQUIRE_SERVICES`) without them. The browser
+/// session is closed whatever happens, then chromedriver is killed.
+async fn in_browser<F, Fut>(test: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let db = require!(TestDb::create().await);
+    let nats = require!(TestNats::connect().await);
+    let (b, driver) = require!(Browser::start().await);
+    let client = b.client.clone();
+    let run = tokio::spawn(tokio::time::timeout(WHOLE, test(Env { db, nats, b }))).await;
+    let _ = client.close().await;
+    drop(driver);
+    match run {
+        Ok(finished) => finished.expect("the browser test finished in time"),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 impl Browser {
-    /// `None` (reported as a missing service) without chromedriver or Chromium.
-    async fn start() -> Option<Browser> {
+    /// `None` (reported as a missing service) without chromedriver or Chromium; the
+    /// chromedriver process comes along, killed when dropped.
+    async fn start() -> Option<(Browser, ChildServer)> {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
@@ -55,10 +83,7 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await;
         match connect {
-            Ok(client) => Some(Browser {
-                client,
-                _driver: driver,
-            }),
+            Ok(client) => Some((Browser { client }, driver)),
             Err(e) => {
                 unavailable("Chromium through chromedriver", &e.to_string());
                 None
@@ -221,16 +246,11 @@ async fn dead_count(pool: &sqlx::PgPool) -> i64 {
 /// without the token is refused; a dead letter replayed from the page reaches NATS.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_relays_console_in_a_browser() {
-    let db = require!(TestDb::create().await);
-    let nats = require!(TestNats::connect().await);
-    let browser = require!(Browser::start().await);
-    tokio::time::timeout(WHOLE, relay_console(&db, &nats, &browser))
-        .await
-        .expect("the browser test finished in time");
-    let _ = browser.client.clone().close().await;
+    in_browser(relay_console).await;
 }
 
-async fn relay_console(db: &TestDb, nats: &TestNats, b: &Browser) {
+async fn relay_console(env: Env) {
+    let Env { db, nats, b } = &env;
     let pool = migrate(db).await;
     let agg = format!("Order{}", nats.prefix);
     // A dead letter first: the later events of its aggregate wait behind it (pending).
@@ -387,16 +407,11 @@ async fn relay_console(db: &TestDb, nats: &TestNats, b: &Browser) {
 /// dead-letter filters and paging, actions disabled without a token (the page says how).
 #[tokio::test(flavor = "multi_thread")]
 async fn outbox_console_beside_a_relay() {
-    let db = require!(TestDb::create().await);
-    let nats = require!(TestNats::connect().await);
-    let browser = require!(Browser::start().await);
-    tokio::time::timeout(WHOLE, console_alone(&db, &nats, &browser))
-        .await
-        .expect("the browser test finished in time");
-    let _ = browser.client.clone().close().await;
+    in_browser(console_alone).await;
 }
 
-async fn console_alone(db: &TestDb, nats: &TestNats, b: &Browser) {
+async fn console_alone(env: Env) {
+    let Env { db, nats, b } = &env;
     let pool = migrate(db).await;
     let (invoice, refund) = (
         format!("Invoice{}", nats.prefix),
