@@ -417,25 +417,14 @@ async fn console_alone(env: Env) {
         format!("Invoice{}", nats.prefix),
         format!("Refund{}", nats.prefix),
     );
-    for i in 0..55 {
-        dead_letter(
-            &pool,
-            &invoice,
-            &format!("i-{i}"),
-            json!({ "i": i }),
-            "timeout talking to the broker",
-        )
-        .await;
-    }
-    for i in 0..3 {
-        dead_letter(
-            &pool,
-            &refund,
-            &format!("r-{i}"),
-            json!({ "r": i }),
-            "schema REJECTED the value",
-        )
-        .await;
+    let kinds = [
+        (&invoice, 55, "timeout talking to the broker"),
+        (&refund, 3, "schema REJECTED the value"),
+    ];
+    for (agg, n, why) in kinds {
+        for i in 0..n {
+            dead_letter(&pool, agg, &format!("a-{i}"), json!({ "i": i }), why).await;
+        }
     }
     let stream = nats.stream();
     let mut relay = spawn_relay(
