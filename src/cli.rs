@@ -55,6 +55,9 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Delete published events older than a retention, in batches.
     Cleanup(CleanupArgs),
+    /// Serve the web console (overview, find an event, dead letters) without relaying, for a
+    /// database whose relay runs elsewhere.
+    Console(ConsoleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +124,10 @@ pub struct RelayArgs {
     /// 0.0.0.0:9090 (off unless set; also `[http] listen`).
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+
+    /// The web console (served under / on --listen).
+    #[command(flatten)]
+    pub console: ConsoleToken,
 
     /// CDC: a Debezium connector registration (the JSON POSTed to Kafka Connect). Its
     /// database.*, slot.name, publication.name, table.include.list and the outbox
@@ -215,6 +222,35 @@ pub struct StatusArgs {
     /// With --check: dead letters do not fail the check.
     #[arg(long)]
     pub allow_dead_letters: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Address to serve the console on; 127.0.0.1 keeps it on this machine.
+    #[arg(
+        long,
+        env = "OUTBOX_CONSOLE_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub console: ConsoleToken,
+}
+
+/// `--console-token` / `OUTBOX_CONSOLE_TOKEN`, for the relay's console and `outbox console`.
+#[derive(Debug, Args)]
+pub struct ConsoleToken {
+    /// The token the web console's actions (replay, purge) ask for; without one they are
+    /// disabled.
+    #[arg(
+        long = "console-token",
+        env = "OUTBOX_CONSOLE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,8 @@ pub struct PollSettings {
     pub database_url: String,
     /// `--listen`, `OUTBOX_LISTEN` or `[http] listen`.
     pub listen: Option<SocketAddr>,
+    /// `--console-token` or `OUTBOX_CONSOLE_TOKEN`: the web console's actions need it.
+    pub console_token: Option<String>,
     pub sink: SinkSettings,
     pub router: Router,
     pub config: RelayConfig,
@@ -76,6 +78,7 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
     Ok(RelaySettings::Poll(PollSettings {
         database_url: database_url(cli, file)?,
         listen: listen(args, file)?,
+        console_token: args.console.token.clone(),
         sink,
         router,
         config,
@@ -251,6 +254,8 @@ mod cdc_settings {
         pub database_url: String,
         /// `--listen`, `OUTBOX_LISTEN` or `[http] listen`.
         pub listen: Option<std::net::SocketAddr>,
+        /// `--console-token` or `OUTBOX_CONSOLE_TOKEN`: the web console's actions need it.
+        pub console_token: Option<String>,
         pub sink: SinkSettings,
         pub routing: CdcRouting,
         pub options: CdcOptions,
@@ -418,12 +423,35 @@ mod cdc_settings {
         Ok(CdcSettings {
             database_url,
             listen: listen(args, file)?,
+            console_token: args.console.token.clone(),
             sink,
             routing,
             options,
             notes,
         })
     }
+}
+
+/// What `outbox console` needs.
+pub struct ConsoleSettings {
+    pub database_url: String,
+    /// `--listen` or `OUTBOX_CONSOLE_LISTEN` [default: 127.0.0.1:8080].
+    pub listen: SocketAddr,
+    /// `--console-token` or `OUTBOX_CONSOLE_TOKEN`.
+    pub token: Option<String>,
+}
+
+/// Resolves `outbox console`'s settings.
+pub fn console(
+    cli: &Cli,
+    args: &crate::cli::ConsoleArgs,
+    file: &FileConfig,
+) -> Result<ConsoleSettings, CliError> {
+    Ok(ConsoleSettings {
+        database_url: database_url(cli, file)?,
+        listen: crate::server::parse_listen(&args.listen)?,
+        token: args.console.token.clone(),
+    })
 }
 
 /// The retained-WAL warning threshold: `[cdc] max_retained_wal`, else 1 GiB. The CDC relay warns

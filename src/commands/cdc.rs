@@ -53,6 +53,7 @@ pub async fn run(s: CdcSettings) -> Result<(), CliError> {
                 slot: Some(slot),
             },
             live_window,
+            console_token: s.console_token.clone(),
             ready_window: Duration::from_secs(30),
         };
         listener.serve(target, shutdown.clone());

@@ -4,6 +4,7 @@
 #[cfg(feature = "cdc")]
 mod cdc;
 mod cleanup;
+mod console;
 mod demo;
 mod dlq;
 mod migrate;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<(), CliError> {
         }
         Command::Dlq(cmd) => dlq::run(&connect(&cli, &file).await?, cmd).await,
         Command::Cleanup(args) => cleanup::run(&connect(&cli, &file).await?, args).await,
+        Command::Console(args) => console::run(settings::console(&cli, args, &file)?).await,
     }
 }
 

@@ -42,6 +42,7 @@ pub async fn run(settings: PollSettings) -> Result<(), CliError> {
                 slot: None,
             },
             live_window: window.max(Duration::from_secs(60)),
+            console_token: settings.console_token.clone(),
             ready_window: window.max(Duration::from_secs(30)),
         };
         listener.serve(target, shutdown.clone());

@@ -1,12 +1,13 @@
 //! The relay's HTTP listener (`outbox relay --listen ADDR`): `GET /metrics` (Prometheus text,
 //! rendered by `metrics-exporter-prometheus`), `GET /healthz` (liveness) and `GET /readyz`
-//! (readiness, with a JSON reason when not ready). Off unless an address is given. The web
-//! console of a later issue extends this router.
+//! (readiness, with a JSON reason when not ready), and the web [`console`] under `/`. Off
+//! unless an address is given.
 //!
 //! Order matters: [`Listener::bind`] installs the metrics recorder, so it runs before the relay
 //! is built (the relay resolves its metric handles then); [`Listener::serve`] then serves the
 //! built relay's [`Stats`] and starts the [`sampler`] of the gauges that need a query.
 
+pub mod console;
 mod sampler;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct Target {
     pub live_window: Duration,
     /// `/readyz` fails when the database has not answered for this long.
     pub ready_window: Duration,
+    /// The web console's action token (`--console-token`); `None` disables its actions.
+    pub console_token: Option<String>,
 }
 
 /// A bound listener with the metrics recorder installed, not serving yet.
@@ -105,9 +108,25 @@ impl Listener {
             shutdown.clone(),
         ));
         if let Ok(addr) = self.listener.local_addr() {
-            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the web console");
         }
-        let app = router(shared);
+        let t = &shared.target;
+        let console = console::Console::new(
+            console::ConsoleOptions {
+                database_url: t.sampled.database_url.clone(),
+                database_shown: t.sampled.database_shown.clone(),
+                relay: Some(console::RelayView {
+                    stats: t.stats.clone(),
+                    source: t.source,
+                    sink: t.sink.clone(),
+                    slot: t.sampled.slot.clone(),
+                }),
+                token: t.console_token.clone(),
+            },
+            None,
+        );
+        console.spawn_sampler(shutdown.clone());
+        let app = router(shared).merge(console.router());
         tokio::spawn(async move {
             let served = axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })

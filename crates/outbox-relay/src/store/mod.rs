@@ -7,6 +7,7 @@
 #[cfg(feature = "cdc")]
 pub mod cdc;
 pub mod connection;
+pub mod console;
 mod postgres;
 pub mod replication;
 mod sqlite;
@@ -22,6 +23,8 @@ use crate::error::Error;
 use crate::record::Record;
 use crate::urls::redact_url;
 use replication::ReplicationSlot;
+
+pub use console::{AggregateCount, DeadLetterFilter, DeadLetterPage, EventState, EventView};
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
