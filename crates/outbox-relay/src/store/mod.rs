@@ -9,6 +9,7 @@ pub mod cdc;
 pub mod connection;
 mod postgres;
 pub mod replication;
+mod rows;
 mod sqlite;
 
 use std::time::Duration;
