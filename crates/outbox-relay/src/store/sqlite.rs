@@ -223,7 +223,9 @@ impl SqliteStore {
                      (original_id, seq, aggregate_type, aggregate_id, event_type, payload,
                       headers, created_at, retry_count, error, failed_at)
                  SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                        created_at, retry_count, ?2, ?3
+                        created_at,
+                        CASE typeof(retry_count) WHEN 'integer' THEN retry_count ELSE 0 END,
+                        ?2, ?3
                  FROM outbox WHERE seq = ?1;
                  DELETE FROM outbox WHERE seq = ?1",
             )
