@@ -5,24 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
-fn temp_path(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "outbox-bad-{}-{what}",
-        uuid::Uuid::new_v4().simple()
-    ))
-}
-
 /// The `value` of each line of a JSON-lines sink file.
 fn values(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    jsonl_lines(path)
+        .into_iter()
         .map(|l| l["value"].clone())
         .collect()
 }
@@ -41,7 +32,7 @@ async fn relay_until(
     delivered: usize,
     dead: i64,
 ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-    let out = temp_path("out.jsonl");
+    let out = scratch_file("out.jsonl");
     let mut relay = spawn_relay(
         url,
         &[
@@ -78,6 +69,13 @@ async fn relay_until(
     (got, letters)
 }
 
+/// Asserts the dead letter of aggregate `agg` gives a reason containing `why`.
+fn dead_because(letters: &[serde_json::Value], agg: &str, why: &str) {
+    let l = letter(letters, agg);
+    let error = l["error"].as_str().unwrap_or_default();
+    assert!(error.contains(why), "{agg}: {why:?} in {l}");
+}
+
 /// The dead letter of aggregate `agg`.
 fn letter<'a>(letters: &'a [serde_json::Value], agg: &str) -> &'a serde_json::Value {
     letters
@@ -88,14 +86,8 @@ fn letter<'a>(letters: &'a [serde_json::Value], agg: &str) -> &'a serde_json::Va
 
 #[tokio::test]
 async fn sqlite_rows_the_relay_cannot_use_are_dead_lettered_and_the_rest_flow() {
-    let path = temp_path("rows.db");
-    std::fs::File::create(&path).unwrap();
-    let url = format!("sqlite:{}", path.display());
-    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+    let (path, url, store) = migrated_sqlite("rows.db").await;
     {
-        let store = outbox_relay::Store::connect(&url, &Default::default())
-            .await
-            .unwrap();
         sqlx::Executor::execute(
             store.sqlite_pool().unwrap(),
             r#"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers) VALUES
@@ -127,25 +119,18 @@ async fn sqlite_rows_the_relay_cannot_use_are_dead_lettered_and_the_rest_flow() 
         serde_json::json!([6]),
         "nested, not refused"
     );
-    assert!(
-        letter(&letters, "latin1")["error"]
-            .as_str()
-            .unwrap()
-            .contains("column payload is not valid UTF-8"),
-        "{letters:?}"
+    dead_because(&letters, "latin1", "column payload is not valid UTF-8");
+    dead_because(
+        &letters,
+        "array-headers",
+        "the headers column must hold a JSON object",
     );
-    assert!(letter(&letters, "array-headers")["error"]
-        .as_str()
-        .unwrap()
-        .contains("headers"));
-    assert!(letter(&letters, "forged-id")["error"]
-        .as_str()
-        .unwrap()
-        .contains("would shadow"));
-    assert!(letter(&letters, "retry-count")["error"]
-        .as_str()
-        .unwrap()
-        .contains("column retry_count is not an integer"));
+    dead_because(&letters, "forged-id", "would shadow");
+    dead_because(
+        &letters,
+        "retry-count",
+        "column retry_count is not an integer",
+    );
     // latin1's next event waits behind its dead letter (on_dead_letter = wait).
     assert_eq!(status(&url).await["pending"], 1);
     // `dlq show` prints the unreadable row (its bytes replaced where not UTF-8).
@@ -179,13 +164,10 @@ async fn postgres_infinite_times_neither_crash_nor_stop_the_relay() {
     let (got, letters) = relay_until(&db.url, 1, 2).await;
     assert_eq!(got[0]["n"], 3);
     for agg in ["future", "past"] {
-        let l = letter(&letters, agg);
-        assert!(
-            l["error"]
-                .as_str()
-                .unwrap()
-                .contains("column created_at is not a time the relay can carry"),
-            "{l}"
+        dead_because(
+            &letters,
+            agg,
+            "column created_at is not a time the relay can carry",
         );
     }
     // The parked event stays parked: never due, and the claim does not fail on it.
@@ -264,89 +246,26 @@ async fn postgres_text_that_is_not_utf8_is_dead_lettered_and_the_rest_flow() {
     let mut ns: Vec<i64> = got.iter().map(|v| v["n"].as_i64().unwrap()).collect();
     ns.sort();
     assert_eq!(ns, [1, 4], "two aggregates, in either order");
-    let caf = letter(&letters, "caf\u{fffd}");
-    assert!(
-        caf["error"]
-            .as_str()
-            .unwrap()
-            .contains("column aggregate_id is not valid UTF-8"),
-        "{caf}"
+    dead_because(
+        &letters,
+        "caf\u{fffd}",
+        "column aggregate_id is not valid UTF-8",
     );
-    let last = letter(&letters, "last");
-    assert!(
-        last["error"]
-            .as_str()
-            .unwrap()
-            .contains("column event_type is not valid UTF-8"),
-        "{last}"
-    );
+    dead_because(&letters, "last", "column event_type is not valid UTF-8");
     pool.close().await;
 }
 
 #[tokio::test]
 async fn command_line_misuse_exits_2_saying_what_to_fix() {
     let mem = Some("sqlite::memory:");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--config", "/nonexistent/outbox.toml", "status"],
             "cannot read config file /nonexistent/outbox.toml",
         ),
         (vec!["bogus"], "unrecognized subcommand 'bogus'"),
         (vec!["relay", "--bogus"], "unexpected argument '--bogus'"),
-        (
-            vec!["relay", "--sink", "stdout:", "--listen", "nope"],
-            "expected HOST:PORT",
-        ),
-        (
-            vec!["relay", "--sink", "stdout:", "--poll-interval", "soon"],
-            "is not a duration like 500ms",
-        ),
-        (
-            vec!["relay", "--sink", "stdout:", "--on-dead-letter", "maybe"],
-            "[possible values: wait, proceed]",
-        ),
         (vec!["dlq", "replay", "nope"], "\"nope\" is not an id"),
-        (
-            vec!["relay", "--sink", "stdout:", "--max-attempts", "0"],
-            "max_attempts must be at least 1",
-        ),
-        (
-            vec!["relay", "--sink", "stdout:", "--workers", "0"],
-            "workers must be within 1..=64",
-        ),
-        (
-            vec!["relay", "--sink", "stdout:", "--envelope", "nope"],
-            "unknown envelope \"nope\"",
-        ),
-        (
-            vec![
-                "relay",
-                "--sink",
-                "stdout:",
-                "--backoff-base",
-                "10m",
-                "--backoff-max",
-                "1s",
-            ],
-            "retry.base must not exceed retry.max",
-        ),
-        (
-            vec!["relay", "--sink", "http://"],
-            "invalid webhook URL http://",
-        ),
-        (vec!["relay", "--sink", "kafka://"], "it needs host:port"),
-        (
-            vec!["relay", "--sink", "redis://:6379"],
-            "invalid Redis URL",
-        ),
-        (
-            vec!["relay", "--sink", "mqtt://h:1883?qos=7"],
-            "unknown parameter \"qos\"",
-        ),
-        (
-            vec!["relay", "--sink", "amqp://h:5672/%zz"],
-            "the vhost is not valid percent-encoding",
-        ),
         (vec!["cleanup"], "--older-than"),
         (
             vec![
@@ -358,6 +277,41 @@ async fn command_line_misuse_exits_2_saying_what_to_fix() {
             "cannot be used with",
         ),
     ];
+    // `outbox relay` with these flags (and, unless they name one, the stdout: sink).
+    let relay: [(&[&str], &str); 12] = [
+        (&["--listen", "nope"], "expected HOST:PORT"),
+        (&["--poll-interval", "soon"], "is not a duration like 500ms"),
+        (
+            &["--on-dead-letter", "maybe"],
+            "[possible values: wait, proceed]",
+        ),
+        (&["--max-attempts", "0"], "max_attempts must be at least 1"),
+        (&["--workers", "0"], "workers must be within 1..=64"),
+        (&["--envelope", "nope"], "unknown envelope \"nope\""),
+        (
+            &["--backoff-base", "10m", "--backoff-max", "1s"],
+            "retry.base must not exceed retry.max",
+        ),
+        (&["--sink", "http://"], "invalid webhook URL http://"),
+        (&["--sink", "kafka://"], "it needs host:port"),
+        (&["--sink", "redis://:6379"], "invalid Redis URL"),
+        (
+            &["--sink", "mqtt://h:1883?qos=7"],
+            "unknown parameter \"qos\"",
+        ),
+        (
+            &["--sink", "amqp://h:5672/%zz"],
+            "the vhost is not valid percent-encoding",
+        ),
+    ];
+    for (flags, says) in relay {
+        let mut args = vec!["relay"];
+        if flags[0] != "--sink" {
+            args.extend(["--sink", "stdout:"]);
+        }
+        args.extend(flags);
+        cases.push((args, says));
+    }
     for (args, says) in cases {
         let r = outbox(mem, &args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
@@ -373,7 +327,7 @@ async fn command_line_misuse_exits_2_saying_what_to_fix() {
 #[tokio::test]
 async fn database_files_and_schemas_that_do_not_fit_exit_2_with_the_reason() {
     // No such directory; a file that is not a database.
-    let garbage = temp_path("garbage.db");
+    let garbage = scratch_file("garbage.db");
     std::fs::write(&garbage, [0x5a_u8; 4096]).unwrap();
     for (url, says) in [
         (
@@ -398,20 +352,13 @@ async fn database_files_and_schemas_that_do_not_fit_exit_2_with_the_reason() {
     let _ = std::fs::remove_file(&garbage);
 
     // A schema newer than this build.
-    let path = temp_path("newer.db");
-    let url = format!("sqlite:{}", path.display());
-    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
-    {
-        let store = outbox_relay::Store::connect(&url, &Default::default())
-            .await
-            .unwrap();
-        sqlx::Executor::execute(
-            store.sqlite_pool().unwrap(),
-            "INSERT INTO outbox_migrations (version, name) VALUES (99, 'future')",
-        )
-        .await
-        .unwrap();
-    }
+    let (path, url, store) = migrated_sqlite("newer.db").await;
+    sqlx::Executor::execute(
+        store.sqlite_pool().unwrap(),
+        "INSERT INTO outbox_migrations (version, name) VALUES (99, 'future')",
+    )
+    .await
+    .unwrap();
     for args in [vec!["relay", "--sink", "stdout:"], vec!["migrate"]] {
         let r = outbox(Some(&url), &args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -43,63 +43,46 @@ CREATE TABLE outbox (
     payload jsonb
 )";
 
-fn temp_file(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "outbox-tables-{}-{what}",
-        uuid::Uuid::new_v4().simple()
-    ))
-}
-
-/// The complete lines of a JSON-lines sink file, parsed.
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Waits (bounded) until the sink file holds `n` lines; returns them.
 async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     wait_until(Duration::from_secs(30), &format!("{n} lines"), || async {
-        let l = lines(path);
+        let l = jsonl_lines(path);
         (l.len() >= n).then_some(l)
     })
     .await
 }
 
-/// Waits (bounded) until a relay's walsender streams from `slot` (the session creating the
-/// slot holds it first: that does not count; inserts before the slot is ready are not streamed).
-async fn wait_streaming(pool: &sqlx::PgPool, slot: &str) {
-    wait_until(
-        Duration::from_secs(60),
-        "the CDC relay streaming",
-        || async {
-            sqlx::query_scalar::<_, i32>(
-                "SELECT s.active_pid FROM pg_replication_slots s
-             JOIN pg_stat_activity a ON a.pid = s.active_pid AND a.backend_type = 'walsender'
-             WHERE s.slot_name = $1",
-            )
-            .bind(slot)
-            .fetch_optional(pool)
+/// Waits (bounded) until replication slot `slot` is created: from its consistent point on,
+/// every committed insert is streamed (one committed before it would not be).
+async fn wait_slot_created(pool: &sqlx::PgPool, slot: &str) {
+    let what = format!("slot {slot} created");
+    wait_until(Duration::from_secs(60), &what, || async {
+        let slots = outbox_relay::store::replication::replication_slots(pool)
             .await
-            .ok()
-            .flatten()
-        },
-    )
+            .ok()?;
+        let found = slots.into_iter().find(|s| s.slot == slot)?;
+        found.confirmed_flush_lsn.map(drop)
+    })
     .await;
 }
 
-/// Asserts a clean refusal: exit 2 (not a panic's 101), one line saying each of `says`.
-fn refused(r: &Run, what: &str, says: &[&str]) {
-    assert_eq!(r.code, 2, "{what}: {}{}", r.stdout, r.stderr);
-    assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+/// `outbox relay --source cdc FLAGS` delivering to the JSON-lines file `out`.
+fn spawn_cdc(url: &str, flags: &[&str], out: &Path) -> RelayProcess {
+    let sink = format!("file:{}", out.display());
+    let mut args = vec!["--source", "cdc", "--sink", &sink];
+    args.extend(flags);
+    spawn_relay(url, &args)
+}
+
+/// Runs `outbox ARGS` on `url` and asserts a clean refusal: exit 2 (not a panic's 101), one
+/// line saying each of `says`.
+async fn refused(url: &str, args: &[&str], says: &[&str]) {
+    let r = outbox(Some(url), args).await;
+    assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
     for s in says {
-        assert!(
-            r.stderr.contains(s),
-            "{what}: expected {s:?} in {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(s), "{args:?}: {s:?} in {}", r.stderr);
     }
 }
 
@@ -129,12 +112,12 @@ async fn the_reference_models_table_is_adopted_and_delivers_in_created_at_order(
     .unwrap();
 
     // Before `outbox migrate`, the commands say so rather than "does not exist".
-    let r = outbox(Some(&db.url), &["status"]).await;
     refused(
-        &r,
-        "status before migrate",
+        &db.url,
+        &["status"],
         &["has not adopted it yet", "run `outbox migrate`"],
-    );
+    )
+    .await;
 
     let r = outbox(Some(&db.url), &["migrate"]).await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -149,7 +132,7 @@ async fn the_reference_models_table_is_adopted_and_delivers_in_created_at_order(
     .await
     .unwrap();
 
-    let out = temp_file("reference.jsonl");
+    let out = scratch_file("reference.jsonl");
     let mut relay = spawn_relay(
         &db.url,
         &[
@@ -206,9 +189,7 @@ async fn debeziums_outbox_table_is_named_and_left_to_the_cdc_source() {
         vec!["relay", "--sink", "stdout:"],
         vec!["dlq", "list"],
     ] {
-        let r = outbox(Some(&db.url), &args).await;
-        refused(&r, &args.join(" "), &says);
-        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        refused(&db.url, &args, &says).await;
     }
     for _ in 0..2 {
         let r = outbox(Some(&db.url), &["migrate"]).await;
@@ -232,12 +213,11 @@ async fn debeziums_outbox_table_is_named_and_left_to_the_cdc_source() {
         ["id", "aggregatetype", "aggregateid", "type", "payload"]
     );
     // After migrate the polling source still says what the table is.
-    let r = outbox(Some(&db.url), &["relay", "--sink", "stdout:"]).await;
-    refused(&r, "relay after migrate", &says);
+    refused(&db.url, &["relay", "--sink", "stdout:"], &says).await;
 
     // What the message advises works: the CDC source with Debezium's routing streams it.
     let slot = format!("dbz_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let connector = temp_file("connector.json");
+    let connector = scratch_file("connector.json");
     std::fs::write(
         &connector,
         format!(
@@ -249,19 +229,13 @@ async fn debeziums_outbox_table_is_named_and_left_to_the_cdc_source() {
         ),
     )
     .unwrap();
-    let out = temp_file("debezium.jsonl");
-    let mut relay = spawn_relay(
+    let out = scratch_file("debezium.jsonl");
+    let mut relay = spawn_cdc(
         &db.url,
-        &[
-            "--source",
-            "cdc",
-            "--debezium-connector",
-            connector.to_str().unwrap(),
-            "--sink",
-            &format!("file:{}", out.display()),
-        ],
+        &["--debezium-connector", connector.to_str().unwrap()],
+        &out,
     );
-    wait_streaming(&pool, &slot).await;
+    wait_slot_created(&pool, &slot).await;
     sqlx::query(
         "INSERT INTO outbox VALUES (gen_random_uuid(), 'order', 'o-1', 'OrderCreated', '{\"id\": 1}')",
     )
@@ -290,29 +264,33 @@ async fn a_table_of_something_else_is_refused_with_the_reason() {
     )
     .await
     .unwrap();
-    let r = outbox(Some(&db.url), &["migrate"]).await;
     refused(
-        &r,
-        "migrate",
+        &db.url,
+        &["migrate"],
         &["column id is integer", "the relay needs uuid"],
-    );
-    let r = outbox(Some(&db.url), &["relay", "--sink", "stdout:"]).await;
-    refused(&r, "relay", &["column id is integer"]);
+    )
+    .await;
+    refused(
+        &db.url,
+        &["relay", "--sink", "stdout:"],
+        &["column id is integer"],
+    )
+    .await;
     sqlx::Executor::execute(
         &pool,
         "DROP TABLE outbox; CREATE TABLE outbox (id int, name text)",
     )
     .await
     .unwrap();
-    let r = outbox(Some(&db.url), &["migrate"]).await;
     refused(
-        &r,
-        "migrate",
+        &db.url,
+        &["migrate"],
         &[
             "lacks column(s) aggregate_type, aggregate_id, event_type, payload",
             "(it has id, name)",
         ],
-    );
+    )
+    .await;
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_tables WHERE tablename IN ('outbox_migrations', 'outbox_dead_letter')",
     )
@@ -322,29 +300,26 @@ async fn a_table_of_something_else_is_refused_with_the_reason() {
     assert_eq!(tables, 0, "a refused migrate changes nothing");
 
     // SQLite: a table of the same columns, created by other code, cannot get the seq rowid.
-    let path = temp_file("foreign.db");
+    let path = scratch_file("foreign.db");
     let url = format!("sqlite:{}", path.display());
     std::fs::File::create(&path).unwrap();
-    {
-        let store = outbox_relay::Store::connect(&url, &Default::default())
-            .await
-            .unwrap();
-        sqlx::Executor::execute(
-            store.sqlite_pool().unwrap(),
-            "CREATE TABLE outbox (id TEXT PRIMARY KEY, aggregate_type TEXT, aggregate_id TEXT,
-                                  event_type TEXT, payload TEXT, created_at TEXT)",
-        )
+    let store = outbox_relay::Store::connect(&url, &Default::default())
         .await
         .unwrap();
-    }
-    let r = outbox(Some(&url), &["migrate"]).await;
+    sqlx::Executor::execute(
+        store.sqlite_pool().unwrap(),
+        "CREATE TABLE outbox (id TEXT PRIMARY KEY, aggregate_type TEXT, aggregate_id TEXT,
+                              event_type TEXT, payload TEXT, created_at TEXT)",
+    )
+    .await
+    .unwrap();
     refused(
-        &r,
-        "sqlite migrate",
+        &url,
+        &["migrate"],
         &["SQLite cannot add the seq rowid", "rename it"],
-    );
-    let r = outbox(Some(&url), &["status"]).await;
-    refused(&r, "sqlite status", &["SQLite cannot add the seq rowid"]);
+    )
+    .await;
+    refused(&url, &["status"], &["SQLite cannot add the seq rowid"]).await;
     let _ = std::fs::remove_file(path);
 }
 
@@ -353,21 +328,13 @@ async fn status_and_the_polling_relay_see_a_cdc_reader_of_the_table() {
     let db = require!(TestDb::create().await);
     let pool = migrate(&db).await;
     let slot = format!("guard_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let cdc_out = temp_file("cdc.jsonl");
-    let mut cdc = spawn_relay(
+    let cdc_out = scratch_file("cdc.jsonl");
+    let mut cdc = spawn_cdc(
         &db.url,
-        &[
-            "--source",
-            "cdc",
-            "--slot",
-            &slot,
-            "--publication",
-            &slot,
-            "--sink",
-            &format!("file:{}", cdc_out.display()),
-        ],
+        &["--slot", &slot, "--publication", &slot],
+        &cdc_out,
     );
-    wait_streaming(&pool, &slot).await;
+    wait_slot_created(&pool, &slot).await;
     insert_sequenced(&pool, "Order", 3, 2, 0).await;
     wait_lines(&cdc_out, 6).await;
 
@@ -375,7 +342,7 @@ async fn status_and_the_polling_relay_see_a_cdc_reader_of_the_table() {
     let r = outbox(Some(&db.url), &["status"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     for s in [
-        format!("read by CDC   table public.outbox, streamed through slot {slot}"),
+        format!("read by CDC   table public.outbox: replication slot {slot}, publication {slot}"),
         "unmarked rows 6".into(),
         "not a backlog: CDC never marks rows published".into(),
         format!("slot {slot}"),
@@ -400,16 +367,16 @@ async fn status_and_the_polling_relay_see_a_cdc_reader_of_the_table() {
     );
 
     // A polling relay would deliver all six again: refused, saying how to override.
-    let r = outbox(Some(&db.url), &["relay", "--sink", "stdout:"]).await;
     refused(
-        &r,
-        "poll relay",
+        &db.url,
+        &["relay", "--sink", "stdout:"],
         &[
             "is read by CDC",
             &format!("replication slot {slot}"),
             "--allow-with-cdc",
         ],
-    );
+    )
+    .await;
 
     cdc.signal(libc::SIGTERM);
     assert_eq!(cdc.wait(Duration::from_secs(30)).await, 0);
@@ -422,7 +389,7 @@ async fn status_and_the_polling_relay_see_a_cdc_reader_of_the_table() {
     );
 
     // The override polls (and delivers again, as it warns).
-    let poll_out = temp_file("poll.jsonl");
+    let poll_out = scratch_file("poll.jsonl");
     let mut poll = spawn_relay(
         &db.url,
         &[

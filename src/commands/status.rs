@@ -28,16 +28,7 @@ pub async fn run(store: &Store, args: &StatusArgs, max_retained_wal: u64) -> Res
         .oldest_pending_at
         .zip(status.oldest_pending_age_seconds);
     if let Some(cdc) = &status.cdc {
-        println!(
-            "read by CDC   table {} streams through slot {}{}",
-            cdc.table,
-            cdc.slots.join(", "),
-            if cdc.publications.is_empty() {
-                String::new()
-            } else {
-                format!(" (publication {})", cdc.publications.join(", "))
-            }
-        );
+        println!("read by CDC   table {}: {}", cdc.table, cdc.readers());
         print!("unmarked rows {}", status.pending);
         if let Some((_, age)) = oldest {
             print!(" (oldest {} old)", human_age(age));

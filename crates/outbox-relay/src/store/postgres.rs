@@ -232,71 +232,6 @@ pub(super) async fn claim(
     Ok(claim)
 }
 
-/// One claimed row as a [`Record`], or why it cannot be one.
-fn read(row: &PgRow) -> Result<Read, Error> {
-    let seq: i64 = row.try_get("seq")?;
-    rows::finish(seq, fields(row, seq))
-}
-
-fn fields(row: &PgRow, seq: i64) -> Result<Record, Fault> {
-    let text = |column: &str| rows::text(column, raw(row, column)?).map_err(Fault::Row);
-    let created_at: Option<DateTime<Utc>> = row.try_get("created_at")?;
-    Ok(Record {
-        seq,
-        id: row.try_get("id")?,
-        aggregate_type: text("aggregate_type")?,
-        aggregate_id: text("aggregate_id")?,
-        event_type: text("event_type")?,
-        payload: text("payload")?,
-        headers: rows::text_opt("headers", raw(row, "headers")?).map_err(Fault::Row)?,
-        created_at: created_at.ok_or_else(|| {
-            Fault::Row(
-                "column created_at is not a time the relay can carry (infinity, or outside \
-                 the years 1 to 9999)"
-                    .into(),
-            )
-        })?,
-        retry_count: row.try_get::<Option<i32>, _>("retry_count")?.unwrap_or(0),
-    })
-}
-
-/// A column's bytes as PostgreSQL sent them (text arrives as its bytes), `None` for NULL.
-fn raw<'r>(row: &'r PgRow, column: &str) -> Result<Option<&'r [u8]>, sqlx::Error> {
-    let value = row.try_get_raw(column)?;
-    if value.is_null() {
-        return Ok(None);
-    }
-    Ok(Some(value.as_bytes().map_err(sqlx::Error::Decode)?))
-}
-
-/// Moves claimed rows the relay cannot read into the dead-letter table, in the claim's
-/// transaction (it holds their locks). NULLs an adopted table let in become empty values there.
-async fn dead_letter_unreadable(
-    tx: &mut Transaction<'static, Postgres>,
-    rows: &[Unreadable],
-) -> Result<(), Error> {
-    for bad in rows {
-        let id: Option<Uuid> = sqlx::query_scalar(
-            "WITH moved AS (DELETE FROM outbox WHERE seq = $1 RETURNING *)
-             INSERT INTO outbox_dead_letter
-                 (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                  created_at, retry_count, error)
-             SELECT id, seq, coalesce(aggregate_type, ''), coalesce(aggregate_id, ''),
-                    coalesce(event_type, ''), coalesce(payload, 'null'), headers, created_at,
-                    coalesce(retry_count, 0), $2
-             FROM moved
-             RETURNING original_id",
-        )
-        .bind(bad.seq)
-        .bind(truncate_error(&bad.error()))
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?;
-        tracing::warn!(seq = bad.seq, id = ?id, reason = %bad.reason, "dead-lettered a row the relay cannot read");
-    }
-    Ok(())
-}
-
 const SETTLE_PUBLISHED: &str = "UPDATE outbox SET published_at = $2 WHERE seq = ANY($1::bigint[])";
 /// Delete-on-publish: no row version, no index entries to write, nothing for cleanup.
 const DELETE_PUBLISHED: &str = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])";
@@ -574,4 +509,69 @@ pub(super) async fn cleanup_batch(
     .await
     .map_err(db)?
     .rows_affected())
+}
+
+/// One claimed row as a [`Record`], or why it cannot be one.
+fn read(row: &PgRow) -> Result<Read, Error> {
+    let seq: i64 = row.try_get("seq")?;
+    rows::finish(seq, fields(row, seq))
+}
+
+fn fields(row: &PgRow, seq: i64) -> Result<Record, Fault> {
+    let text = |column: &str| rows::text(column, raw(row, column)?).map_err(Fault::Row);
+    let created_at: Option<DateTime<Utc>> = row.try_get("created_at")?;
+    Ok(Record {
+        seq,
+        id: row.try_get("id")?,
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        event_type: text("event_type")?,
+        payload: text("payload")?,
+        headers: rows::text_opt("headers", raw(row, "headers")?).map_err(Fault::Row)?,
+        created_at: created_at.ok_or_else(|| {
+            Fault::Row(
+                "column created_at is not a time the relay can carry (infinity, or outside \
+                 the years 1 to 9999)"
+                    .into(),
+            )
+        })?,
+        retry_count: row.try_get::<Option<i32>, _>("retry_count")?.unwrap_or(0),
+    })
+}
+
+/// A column's bytes as PostgreSQL sent them (text arrives as its bytes), `None` for NULL.
+fn raw<'r>(row: &'r PgRow, column: &str) -> Result<Option<&'r [u8]>, sqlx::Error> {
+    let value = row.try_get_raw(column)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(value.as_bytes().map_err(sqlx::Error::Decode)?))
+}
+
+/// Moves claimed rows the relay cannot read into the dead-letter table, in the claim's
+/// transaction (it holds their locks). NULLs an adopted table let in become empty values there.
+async fn dead_letter_unreadable(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[Unreadable],
+) -> Result<(), Error> {
+    for bad in rows {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "WITH moved AS (DELETE FROM outbox WHERE seq = $1 RETURNING *)
+             INSERT INTO outbox_dead_letter
+                 (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                  created_at, retry_count, error)
+             SELECT id, seq, coalesce(aggregate_type, ''), coalesce(aggregate_id, ''),
+                    coalesce(event_type, ''), coalesce(payload, 'null'), headers, created_at,
+                    coalesce(retry_count, 0), $2
+             FROM moved
+             RETURNING original_id",
+        )
+        .bind(bad.seq)
+        .bind(truncate_error(&bad.error()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+        tracing::warn!(seq = bad.seq, id = ?id, reason = %bad.reason, "dead-lettered a row the relay cannot read");
+    }
+    Ok(())
 }

@@ -440,6 +440,15 @@ impl CdcReaders {
         })
     }
 
+    /// Who reads: `replication slot s1, publication p1`.
+    pub fn readers(&self) -> String {
+        let mut text = format!("replication slot {}", self.slots.join(", "));
+        if !self.publications.is_empty() {
+            text.push_str(&format!(", publication {}", self.publications.join(", ")));
+        }
+        text
+    }
+
     /// Why a polling relay refuses to start, with what to do instead.
     pub fn refusal(&self) -> String {
         let drops = self
@@ -449,17 +458,12 @@ impl CdcReaders {
             .collect::<Vec<_>>()
             .join("; ");
         format!(
-            "table {} is read by CDC (replication slot {}{}): a CDC reader never marks rows \
-             published, so a polling relay would deliver again every event it already \
-             delivered. Run the CDC relay instead (--source cdc); if the slot is abandoned, \
-             drop it ({drops}); or pass --allow-with-cdc to poll anyway",
+            "table {} is read by CDC ({}): a CDC reader never marks rows published, so a \
+             polling relay would deliver again every event it already delivered. Run the CDC \
+             relay instead (--source cdc); if the slot is abandoned, drop it ({drops}); or \
+             pass --allow-with-cdc to poll anyway",
             self.table,
-            self.slots.join(", "),
-            if self.publications.is_empty() {
-                String::new()
-            } else {
-                format!(", publication {}", self.publications.join(", "))
-            }
+            self.readers()
         )
     }
 }

@@ -190,58 +190,6 @@ impl SqliteStore {
     }
 }
 
-/// One claimed row as a [`Record`]; text that is not UTF-8, or a retry_count that is not a
-/// number, is the row's fault. (A malformed id reads as the nil UUID and an unreadable
-/// created_at as now, as before.)
-fn fields(row: &SqliteRow, seq: i64) -> Result<Record, Fault> {
-    let raw = |column: &str| row.try_get::<Option<&[u8]>, _>(column);
-    let text = |column: &str| rows::text(column, raw(column)?).map_err(Fault::Row);
-    Ok(Record {
-        seq,
-        id: Uuid::parse_str(&rows::lossy(raw("id")?)).unwrap_or_else(|_| Uuid::nil()),
-        aggregate_type: text("aggregate_type")?,
-        aggregate_id: text("aggregate_id")?,
-        event_type: text("event_type")?,
-        payload: text("payload")?,
-        headers: rows::text_opt("headers", raw("headers")?).map_err(Fault::Row)?,
-        created_at: ts_or_now(&rows::lossy(raw("created_at")?)),
-        retry_count: row
-            .try_get::<i64, _>("retry_count")
-            .map(|n| n.clamp(0, i32::MAX.into()) as i32)
-            .map_err(|_| Fault::Row("column retry_count is not an integer".into()))?,
-    })
-}
-
-impl SqliteStore {
-    /// Moves claimed rows the relay cannot read into the dead-letter table, under the lease.
-    async fn dead_letter_unreadable(&self, rows: &[Unreadable]) -> Result<(), Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let failed_at = ts(Utc::now());
-        for bad in rows {
-            sqlx::query(
-                "INSERT INTO outbox_dead_letter
-                     (original_id, seq, aggregate_type, aggregate_id, event_type, payload,
-                      headers, created_at, retry_count, error, failed_at)
-                 SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                        created_at,
-                        CASE typeof(retry_count) WHEN 'integer' THEN retry_count ELSE 0 END,
-                        ?2, ?3
-                 FROM outbox WHERE seq = ?1;
-                 DELETE FROM outbox WHERE seq = ?1",
-            )
-            .bind(bad.seq)
-            .bind(truncate_error(&bad.error()))
-            .bind(&failed_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            tracing::warn!(seq = bad.seq, reason = %bad.reason, "dead-lettered a row the relay cannot read");
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
 pub(super) async fn settle(pool: &SqlitePool, s: &Settlement) -> Result<(), Error> {
     if s.is_empty() {
         return Ok(());
@@ -456,6 +404,58 @@ pub(super) async fn cleanup_batch(
     .await
     .map_err(db)?
     .rows_affected())
+}
+
+/// One claimed row as a [`Record`]; text that is not UTF-8, or a retry_count that is not a
+/// number, is the row's fault. (A malformed id reads as the nil UUID and an unreadable
+/// created_at as now, as before.)
+fn fields(row: &SqliteRow, seq: i64) -> Result<Record, Fault> {
+    let raw = |column: &str| row.try_get::<Option<&[u8]>, _>(column);
+    let text = |column: &str| rows::text(column, raw(column)?).map_err(Fault::Row);
+    Ok(Record {
+        seq,
+        id: Uuid::parse_str(&rows::lossy(raw("id")?)).unwrap_or_else(|_| Uuid::nil()),
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        event_type: text("event_type")?,
+        payload: text("payload")?,
+        headers: rows::text_opt("headers", raw("headers")?).map_err(Fault::Row)?,
+        created_at: ts_or_now(&rows::lossy(raw("created_at")?)),
+        retry_count: row
+            .try_get::<i64, _>("retry_count")
+            .map(|n| n.clamp(0, i32::MAX.into()) as i32)
+            .map_err(|_| Fault::Row("column retry_count is not an integer".into()))?,
+    })
+}
+
+impl SqliteStore {
+    /// Moves claimed rows the relay cannot read into the dead-letter table, under the lease.
+    async fn dead_letter_unreadable(&self, rows: &[Unreadable]) -> Result<(), Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let failed_at = ts(Utc::now());
+        for bad in rows {
+            sqlx::query(
+                "INSERT INTO outbox_dead_letter
+                     (original_id, seq, aggregate_type, aggregate_id, event_type, payload,
+                      headers, created_at, retry_count, error, failed_at)
+                 SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                        created_at,
+                        CASE typeof(retry_count) WHEN 'integer' THEN retry_count ELSE 0 END,
+                        ?2, ?3
+                 FROM outbox WHERE seq = ?1;
+                 DELETE FROM outbox WHERE seq = ?1",
+            )
+            .bind(bad.seq)
+            .bind(truncate_error(&bad.error()))
+            .bind(&failed_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tracing::warn!(seq = bad.seq, reason = %bad.reason, "dead-lettered a row the relay cannot read");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
