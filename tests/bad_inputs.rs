@@ -174,6 +174,14 @@ async fn postgres_infinite_times_neither_crash_nor_stop_the_relay() {
     let st = status(&db.url).await;
     assert_eq!(st["pending"], 1, "{st}");
     assert!(st["next_retry_at"].is_null(), "{st}");
+    // With nothing else pending the claim asks when the next retry is due: `infinity` made
+    // that question fail every claim ("cannot subtract infinite timestamps").
+    let store = outbox_relay::Store::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let claim = store.claim(10, true).await.expect("the claim succeeds");
+    assert!(claim.records.is_empty() && claim.next_due.is_none());
+    claim.release().await;
 }
 
 /// A database in `SQL_ASCII`: PostgreSQL stores any bytes in text there and refuses to send
