@@ -141,7 +141,7 @@ async fn sqlite_rows_the_relay_cannot_use_are_dead_lettered_and_the_rest_flow() 
     let r = outbox(Some(&url), &["dlq", "show", &id]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("cannot read this row"), "{}", r.stdout);
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
 }
 
 #[tokio::test]
@@ -377,7 +377,7 @@ async fn database_files_and_schemas_that_do_not_fit_exit_2_with_the_reason() {
             r.stderr
         );
     }
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
 
     // A PostgreSQL database that does not exist; an sslmode libpq does not know.
     for (url, says) in [

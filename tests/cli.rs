@@ -325,7 +325,7 @@ async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
     let r = outbox(Some(&url), &["dlq", "list"]).await;
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("no dead letters"));
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
     let _ = std::fs::remove_file(&out);
 }
 
@@ -507,5 +507,5 @@ async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
 }

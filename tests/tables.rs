@@ -320,7 +320,7 @@ async fn a_table_of_something_else_is_refused_with_the_reason() {
     )
     .await;
     refused(&url, &["status"], &["SQLite cannot add the seq rowid"]).await;
-    let _ = std::fs::remove_file(path);
+    remove_sqlite(&path, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

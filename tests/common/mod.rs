@@ -236,3 +236,15 @@ pub async fn migrated_sqlite(what: &str) -> (PathBuf, String, outbox_relay::Stor
         .expect("open the database");
     (path, url, store)
 }
+
+/// Closes `store` and removes its SQLite file with the `-wal` and `-shm` files beside it.
+pub async fn remove_sqlite(path: &std::path::Path, store: outbox_relay::Store) {
+    if let Some(pool) = store.sqlite_pool() {
+        pool.close().await;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
