@@ -145,6 +145,11 @@ pub struct RelayArgs {
     /// publication.name].
     #[arg(long)]
     pub publication: Option<String>,
+
+    /// Poll even though CDC reads the outbox table (a logical replication slot streams it).
+    /// CDC never marks rows published: every event it delivered is delivered again.
+    #[arg(long)]
+    pub allow_with_cdc: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -60,6 +60,8 @@ pub struct PollSettings {
     pub sink: SinkSettings,
     pub router: Router,
     pub config: RelayConfig,
+    /// `--allow-with-cdc`: poll a table that CDC reads.
+    pub allow_with_cdc: bool,
 }
 
 /// Resolves `outbox relay`'s settings for the source `--source` / `relay.source` names.
@@ -82,6 +84,7 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
         sink,
         router,
         config,
+        allow_with_cdc: args.allow_with_cdc,
     }))
 }
 

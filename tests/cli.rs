@@ -275,15 +275,9 @@ async fn cleanup_deletes_only_published_rows_past_retention_sqlite() {
 
 #[tokio::test]
 async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
-    let path = temp_path("relay.db");
     let out = temp_path("events.jsonl");
-    std::fs::File::create(&path).unwrap();
-    let url = format!("sqlite:{}", path.display());
-    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+    let (path, url, store) = migrated_sqlite("relay.db").await;
     {
-        let store = outbox_relay::Store::connect(&url, &Default::default())
-            .await
-            .unwrap();
         let pool = store.sqlite_pool().unwrap();
         let mut tx = pool.begin().await.unwrap();
         for n in 0..50 {
@@ -331,7 +325,7 @@ async fn sqlite_relay_delivers_to_a_file_and_status_dlq_work() {
     let r = outbox(Some(&url), &["dlq", "list"]).await;
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("no dead letters"));
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
     let _ = std::fs::remove_file(&out);
 }
 
@@ -473,14 +467,8 @@ async fn migrate_creates_a_missing_sqlite_file_and_purging_everything_says_so() 
 #[tokio::test]
 async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
     use tokio::io::AsyncBufReadExt;
-    let path = temp_path("pipe.db");
-    std::fs::File::create(&path).unwrap();
-    let url = format!("sqlite:{}", path.display());
-    assert_eq!(outbox(Some(&url), &["migrate"]).await.code, 0);
+    let (path, url, store) = migrated_sqlite("pipe.db").await;
     {
-        let store = outbox_relay::Store::connect(&url, &Default::default())
-            .await
-            .unwrap();
         let pool = store.sqlite_pool().unwrap();
         for n in 0..2000 {
             sqlx::query(
@@ -519,5 +507,5 @@ async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
-    let _ = std::fs::remove_file(&path);
+    remove_sqlite(&path, store).await;
 }

@@ -25,6 +25,7 @@ pub async fn run(settings: PollSettings) -> Result<(), CliError> {
     };
     let store = Store::connect(&settings.database_url, &options).await?;
     store.ensure_schema().await?;
+    store.check_poll_source(settings.allow_with_cdc).await?;
     // Claims come at least once per poll interval: three missed ones is trouble.
     let window = settings.config.poll.poll_interval * 3;
     let relay = Relay::new(store, sink.clone(), settings.router, settings.config);

@@ -206,3 +206,45 @@ pub fn check_order(messages: &[async_nats::jetstream::Message]) -> usize {
     }
     seen.len()
 }
+
+/// A path in the temporary directory no other test uses.
+pub fn scratch_file(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "outbox-test-{}-{what}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+/// The complete lines of a JSON-lines sink file (`file:PATH`), parsed.
+pub fn jsonl_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A new SQLite database file, migrated by `outbox migrate`: its path, URL and a store on it.
+pub async fn migrated_sqlite(what: &str) -> (PathBuf, String, outbox_relay::Store) {
+    let path = scratch_file(what);
+    std::fs::File::create(&path).expect("create the database file");
+    let url = format!("sqlite:{}", path.display());
+    let r = outbox(Some(&url), &["migrate"]).await;
+    assert_eq!(r.code, 0, "migrate {url}: {}", r.stderr);
+    let store = outbox_relay::Store::connect(&url, &Default::default())
+        .await
+        .expect("open the database");
+    (path, url, store)
+}
+
+/// Closes `store` and removes its SQLite file with the `-wal` and `-shm` files beside it.
+pub async fn remove_sqlite(path: &std::path::Path, store: outbox_relay::Store) {
+    if let Some(pool) = store.sqlite_pool() {
+        pool.close().await;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}

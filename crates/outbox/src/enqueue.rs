@@ -19,6 +19,8 @@ pub trait OutboxConnection: Send {
     fn run_migrations(&mut self) -> BoxFuture<'_, Result<crate::migrate::Report, Error>>;
     #[doc(hidden)]
     fn schema_version(&mut self) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+    #[doc(hidden)]
+    fn table_layout(&mut self) -> BoxFuture<'_, Result<crate::adopt::Layout, Error>>;
 }
 
 /// Writes `event` into the outbox table on `conn`, inside whatever transaction `conn` is in.
@@ -57,6 +59,9 @@ impl OutboxConnection for sqlx::PgConnection {
     }
     fn schema_version(&mut self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         Box::pin(crate::migrate::postgres::version(self))
+    }
+    fn table_layout(&mut self) -> BoxFuture<'_, Result<crate::adopt::Layout, Error>> {
+        Box::pin(crate::adopt::postgres::layout(self))
     }
     fn insert_events<'a>(&'a mut self, events: &'a [Event]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
@@ -119,6 +124,9 @@ impl OutboxConnection for sqlx::SqliteConnection {
     }
     fn schema_version(&mut self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         Box::pin(crate::migrate::sqlite::version(self))
+    }
+    fn table_layout(&mut self) -> BoxFuture<'_, Result<crate::adopt::Layout, Error>> {
+        Box::pin(crate::adopt::sqlite::layout(self))
     }
     fn insert_events<'a>(&'a mut self, events: &'a [Event]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {

@@ -10,6 +10,14 @@ pub enum Error {
     /// The outbox table does not exist in this database.
     #[error("the outbox table does not exist in this database; run `outbox migrate` first")]
     SchemaMissing,
+    /// The `outbox` table exists, created by other code (e.g. the reference SQLAlchemy model),
+    /// and `outbox migrate` has not adopted it yet.
+    #[error("the outbox table exists but `outbox migrate` has not adopted it yet (it was created by other code): run `outbox migrate`, which numbers its rows in created_at order and adds and converts the columns the relay needs (README, \"Adopting an existing table\")")]
+    NotAdopted,
+    /// The `outbox` table exists in a layout `outbox migrate` cannot adopt (Debezium's, or a
+    /// table of something else): the message says what it is and what to do.
+    #[error("{0}")]
+    ForeignTable(crate::adopt::ForeignTable),
     /// The schema in the database is newer than this build knows.
     #[error("the database schema is at version {found}, newer than this build's {supported}; upgrade outbox")]
     SchemaTooNew {

@@ -28,6 +28,7 @@
 //! upgrades it, idempotently.
 #![warn(missing_docs)]
 
+pub mod adopt;
 mod enqueue;
 mod error;
 mod event;

@@ -18,7 +18,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -36,6 +36,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "gated_notify",
         sql: include_str!("../migrations/postgres/0003_gated_notify.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "adopt_column_types",
+        sql: include_str!("../migrations/postgres/0004_adopt_column_types.sql"),
     },
 ];
 
@@ -58,6 +63,13 @@ pub const SQLITE: &[Migration] = &[
         name: "gated_notify",
         sql: "SELECT 1",
     },
+    Migration {
+        // Tables SQLite did not create through `outbox migrate` are not adopted: nothing to
+        // convert.
+        version: 4,
+        name: "adopt_column_types",
+        sql: "SELECT 1",
+    },
 ];
 
 /// What [`migrate`] did.
@@ -70,6 +82,12 @@ pub struct Report {
 }
 
 /// Creates or upgrades the outbox schema on `conn`. Idempotent.
+///
+/// An `outbox` table created by other code is adopted when it has the contract's core columns
+/// (the reference SQLAlchemy model's table: its rows are numbered in `created_at` order, its
+/// `uuid` aggregate ids become text and its zone-less timestamps `timestamptz`, read as UTC);
+/// any other is left unchanged and the call fails with [`Error::ForeignTable`], saying what the
+/// table is and what to do (see [`crate::adopt`]).
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), outbox::Error> {
@@ -93,13 +111,15 @@ where
     conn.schema_version().await
 }
 
-/// Checks that the schema exists and this build can work with it.
+/// Checks that the schema exists and this build can work with it. With no migration recorded,
+/// the error says whether the table is missing ([`Error::SchemaMissing`]), awaits adoption
+/// ([`Error::NotAdopted`]) or cannot be adopted ([`Error::ForeignTable`]).
 pub async fn ensure_schema<C>(conn: &mut C) -> Result<i64, Error>
 where
     C: OutboxConnection + ?Sized,
 {
     match conn.schema_version().await? {
-        None => Err(Error::SchemaMissing),
+        None => Err(crate::adopt::unmigrated(conn.table_layout().await?)),
         Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
             found: v,
             supported: SCHEMA_VERSION,
@@ -129,9 +149,25 @@ fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<Migration>,
         .collect())
 }
 
+/// Creates the dead-letter table alone (as migration 1 does), beside an `outbox` table that
+/// `outbox migrate` leaves unchanged, such as Debezium's: the CDC source moves the events it
+/// gives up on there. Idempotent; records no migration.
+#[cfg(feature = "postgres")]
+pub async fn create_dead_letter_table(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let sql = format!(
+        "SET LOCAL client_min_messages = warning; {}",
+        crate::adopt::postgres::dead_letter_ddl()
+    );
+    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres {
     use super::*;
+    use crate::adopt::Layout;
     use sqlx::PgConnection;
 
     /// Arbitrary constant: the advisory lock that serializes concurrent `migrate` runs.
@@ -160,7 +196,18 @@ pub(crate) mod postgres {
             applied: Vec::new(),
             version: applied.iter().copied().max().unwrap_or(0),
         };
-        for m in pending(POSTGRES, &applied)? {
+        let todo = pending(POSTGRES, &applied)?;
+        if todo.iter().any(|m| m.version == 1) {
+            // The first migration: an `outbox` table already there was made by other code.
+            match crate::adopt::postgres::layout(&mut tx).await? {
+                Layout::Foreign(f) => return Err(Error::ForeignTable(f)),
+                Layout::Adoptable { has_seq: false } => {
+                    sqlx::Executor::execute(&mut *tx, crate::adopt::postgres::ADOPT_SEQ).await?;
+                }
+                Layout::Adoptable { has_seq: true } | Layout::Missing => {}
+            }
+        }
+        for m in todo {
             sqlx::Executor::execute(&mut *tx, m.sql).await?;
             sqlx::query("INSERT INTO outbox_migrations (version, name) VALUES ($1, $2)")
                 .bind(m.version)
@@ -194,6 +241,7 @@ pub(crate) mod postgres {
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite {
     use super::*;
+    use crate::adopt::Layout;
     use sqlx::SqliteConnection;
 
     pub(crate) async fn run(conn: &mut SqliteConnection) -> Result<Report, Error> {
@@ -228,7 +276,13 @@ pub(crate) mod sqlite {
             applied: Vec::new(),
             version: applied.iter().copied().max().unwrap_or(0),
         };
-        for m in pending(SQLITE, &applied)? {
+        let todo = pending(SQLITE, &applied)?;
+        if todo.iter().any(|m| m.version == 1) {
+            if let Layout::Foreign(f) = crate::adopt::sqlite::layout(conn).await? {
+                return Err(Error::ForeignTable(f));
+            }
+        }
+        for m in todo {
             sqlx::Executor::execute(&mut *conn, m.sql).await?;
             sqlx::query("INSERT INTO outbox_migrations (version, name) VALUES (?1, ?2)")
                 .bind(m.version)
@@ -276,9 +330,9 @@ mod tests {
         let left = pending(POSTGRES, &[1]).unwrap();
         assert_eq!(
             left.iter().map(|m| m.version).collect::<Vec<_>>(),
-            vec![2, 3]
+            vec![2, 3, 4]
         );
-        assert!(pending(POSTGRES, &[1, 2, 3]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

@@ -6,10 +6,12 @@
 
 #[cfg(feature = "cdc")]
 pub mod cdc;
+mod checks;
 pub mod connection;
 pub mod console;
 mod postgres;
 pub mod replication;
+mod rows;
 mod sqlite;
 
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub use crate::delivery::{Postponed, Settlement};
 use crate::error::Error;
 use crate::record::Record;
 use crate::urls::redact_url;
-use replication::ReplicationSlot;
+use replication::{CdcReaders, ReplicationSlot};
 
 pub use console::{AggregateCount, DeadLetterFilter, DeadLetterPage, EventState, EventView};
 
@@ -260,11 +262,12 @@ impl Store {
         }
     }
 
-    /// Counts pending, retrying and dead events.
+    /// Counts pending, retrying and dead events; on PostgreSQL also lists the replication
+    /// slots and who reads the outbox table through them ([`Status::cdc`]).
     pub async fn status(&self) -> Result<Status, Error> {
         match self {
             Store::Postgres(pool) => {
-                let mut status = postgres::status(pool).await?;
+                let mut status = self.explained(postgres::status(pool).await).await?;
                 // Best effort: a hot standby server cannot compute the lag.
                 match replication::replication_slots(pool).await {
                     Ok(slots) => status.replication_slots = slots,
@@ -277,10 +280,18 @@ impl Store {
                         }
                         Err(e) => tracing::debug!(error = %e, "cannot read max_slot_wal_keep_size"),
                     }
+                    match replication::outbox_publications(pool).await {
+                        Ok(found) => {
+                            status.cdc = found.and_then(|(table, publications)| {
+                                CdcReaders::find(table, publications, &status.replication_slots)
+                            })
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot read publications"),
+                    }
                 }
                 Ok(status)
             }
-            Store::Sqlite(s) => sqlite::status(&s.pool).await,
+            Store::Sqlite(s) => self.explained(sqlite::status(&s.pool).await).await,
         }
     }
 
@@ -302,10 +313,11 @@ impl Store {
 
     /// Dead letters, oldest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, Error> {
-        match self {
+        let found = match self {
             Store::Postgres(pool) => postgres::dead_letters(pool, None, limit).await,
             Store::Sqlite(s) => sqlite::dead_letters(&s.pool, None, limit).await,
-        }
+        };
+        self.explained(found).await
     }
 
     /// One dead letter, by its own id or the event's id.
@@ -321,26 +333,29 @@ impl Store {
     /// original id and `seq`, so they are delivered again ahead of the events that waited
     /// behind them. Returns the event ids replayed.
     pub async fn replay(&self, ids: Option<&[Uuid]>) -> Result<Vec<Uuid>, Error> {
-        match self {
+        let replayed = match self {
             Store::Postgres(pool) => postgres::replay(pool, ids).await,
             Store::Sqlite(s) => sqlite::replay(&s.pool, ids).await,
-        }
+        };
+        self.explained(replayed).await
     }
 
     /// Deletes dead letters (all of them when `ids` is `None`); returns how many.
     pub async fn purge(&self, ids: Option<&[Uuid]>) -> Result<u64, Error> {
-        match self {
+        let purged = match self {
             Store::Postgres(pool) => postgres::purge(pool, ids).await,
             Store::Sqlite(s) => sqlite::purge(&s.pool, ids).await,
-        }
+        };
+        self.explained(purged).await
     }
 
     /// Counts published events older than `cutoff` (what [`Store::cleanup_batch`] would delete).
     pub async fn count_cleanable(&self, cutoff: DateTime<Utc>) -> Result<i64, Error> {
-        match self {
+        let count = match self {
             Store::Postgres(pool) => postgres::count_cleanable(pool, cutoff).await,
             Store::Sqlite(s) => sqlite::count_cleanable(&s.pool, cutoff).await,
-        }
+        };
+        self.explained(count).await
     }
 
     /// Deletes up to `batch` published events older than `cutoff`, in one short transaction.
@@ -480,6 +495,11 @@ pub struct Status {
     /// when unlimited (a stalled slot then keeps WAL until the disk is full).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_slot_wal_keep_size_bytes: Option<i64>,
+    /// PostgreSQL: who reads the outbox table through logical replication. CDC never marks
+    /// rows published: while it reads the table, `pending` counts rows, not a backlog (the
+    /// slots' lag is the backlog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcReaders>,
 }
 
 impl Status {

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, Row, Transaction, ValueRef};
 use uuid::Uuid;
 
+use super::rows::{self, Fault, Read, Unreadable, PG_MAX_TIME, PG_MIN_TIME};
 use super::{
     parse_json, truncate_error, Backlog, Claim, DeadLetter, Hold, Partition, Settlement, Status,
 };
@@ -57,7 +59,11 @@ candidates AS MATERIALIZED (
 ),
 claimed AS MATERIALIZED (
     SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
-           o.payload::text AS payload, o.headers::text AS headers, o.created_at, o.retry_count
+           o.payload::text AS payload, o.headers::text AS headers,
+           -- NULL when the relay's time type cannot hold it (infinity): that row is unreadable.
+           CASE WHEN o.created_at BETWEEN {min_time} AND {max_time} THEN o.created_at END
+               AS created_at,
+           o.retry_count
     FROM outbox o
     WHERE o.seq = ANY (ARRAY(SELECT c.seq FROM candidates c WHERE c.mine))
       AND o.published_at IS NULL
@@ -96,18 +102,51 @@ slow_clean AS (
     GROUP BY h.aggregate_type, h.aggregate_id, h.n
     HAVING count(*) = h.n
 )
-SELECT c.*,
+SELECT c.seq, c.id, {text_columns}, c.created_at, c.retry_count,
        ((SELECT n FROM eligible) = (SELECT n FROM tally) OR k.aggregate_id IS NOT NULL) AS clean
 FROM claimed c
 LEFT JOIN slow_clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
 ORDER BY c.seq
 "#;
 
+/// An `infinity` next_attempt_at (a writer parking an event) is never due: it is left out.
 const NEXT_DUE: &str = "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 \
-     FROM outbox WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > now()";
+     FROM outbox WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > now() \
+       AND next_attempt_at < 'infinity'";
+
+/// The claimed rows' text columns, as text (the fast path).
+const TEXT_COLUMNS: &str = "c.aggregate_type, c.aggregate_id, c.event_type, c.payload, c.headers";
+
+/// The same as their bytes: a `SQL_ASCII` database stores any bytes in text, and the server
+/// refuses to send text that is not UTF-8 to the relay (SQLSTATE 22021), failing the whole
+/// statement. After such a failure the claim runs again this way, and the rows are judged one
+/// by one.
+fn text_columns_as_bytes() -> String {
+    [
+        "aggregate_type",
+        "aggregate_id",
+        "event_type",
+        "payload",
+        "headers",
+    ]
+    .iter()
+    .map(|c| format!("{} AS {c}", as_bytes(&format!("c.{c}"))))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// SQL for the bytes of text expression `expr`, in UTF-8: converted from the database's
+/// encoding, except in a `SQL_ASCII` database, which has no encoding to convert from: there
+/// they are the bytes stored.
+fn as_bytes(expr: &str) -> String {
+    format!(
+        "convert_to({expr}, CASE current_setting('server_encoding') \
+         WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)"
+    )
+}
 
 /// The claim statement for one batch size and partition.
-fn claim_sql(limit: usize, part: Partition) -> String {
+fn claim_sql(limit: usize, part: Partition, bytes: bool) -> String {
     let parts = part.count.max(1);
     let mine = if parts == 1 {
         "true".to_string()
@@ -121,6 +160,21 @@ fn claim_sql(limit: usize, part: Partition) -> String {
         .replace("{mine}", &mine)
         .replace("{candidates}", &(limit * parts as usize).to_string())
         .replace("{limit}", &limit.to_string())
+        .replace("{min_time}", PG_MIN_TIME)
+        .replace("{max_time}", PG_MAX_TIME)
+        .replace(
+            "{text_columns}",
+            &if bytes {
+                text_columns_as_bytes()
+            } else {
+                TEXT_COLUMNS.to_string()
+            },
+        )
+}
+
+/// The server could not send text as UTF-8 (`SQL_ASCII` databases).
+fn not_utf8(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("22021"))
 }
 
 pub(super) async fn claim(
@@ -129,30 +183,42 @@ pub(super) async fn claim(
     dead_letters_block: bool,
     part: Partition,
 ) -> Result<Claim, Error> {
-    let sql = claim_sql(limit, part);
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(&sql)
+    let rows = match sqlx::query(&claim_sql(limit, part, false))
         .bind(dead_letters_block)
         .fetch_all(&mut *tx)
         .await
-        .map_err(db)?;
+    {
+        Err(e) if not_utf8(&e) => {
+            tx.rollback().await?;
+            tx = pool.begin().await?;
+            sqlx::query(&claim_sql(limit, part, true))
+                .bind(dead_letters_block)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?
+        }
+        other => other.map_err(db)?,
+    };
     let total = rows.len();
     let mut records = Vec::with_capacity(total);
+    let mut unreadable = Vec::new();
     for row in rows {
         if !row.try_get::<bool, _>("clean")? {
             continue;
         }
-        records.push(Record {
-            seq: row.try_get("seq")?,
-            id: row.try_get("id")?,
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            event_type: row.try_get("event_type")?,
-            payload: row.try_get("payload")?,
-            headers: row.try_get("headers")?,
-            created_at: row.try_get("created_at")?,
-            retry_count: row.try_get("retry_count")?,
-        });
+        match read(&row)? {
+            Ok(record) => records.push(record),
+            Err(bad) => unreadable.push(bad),
+        }
+    }
+    if !unreadable.is_empty() {
+        // Out of the way first, then claim again (soon: `contended`): the rows read well are
+        // released untouched and come back in the next claim, after the blocking rules had
+        // their say about the new dead letters.
+        dead_letter_unreadable(&mut tx, &unreadable).await?;
+        tx.commit().await?;
+        return Ok(Claim::new(Vec::new(), true, None));
     }
     let contended = total > records.len();
     let next_due = if records.is_empty() && !contended {
@@ -278,14 +344,18 @@ pub(super) async fn set_waiting(pool: &PgPool, relay: &str, waiting: bool) -> Re
 }
 
 pub(super) async fn status(pool: &PgPool) -> Result<Status, Error> {
-    let row = sqlx::query(
+    // Times the relay cannot carry (infinity: a writer's) are left out of oldest and next.
+    let row = sqlx::query(&format!(
         "SELECT count(*) AS pending,
                 count(*) FILTER (WHERE retry_count > 0) AS retrying,
-                min(created_at) AS oldest,
-                min(next_attempt_at) FILTER (WHERE next_attempt_at > now()) AS next_retry,
+                min(created_at) FILTER (WHERE created_at BETWEEN {PG_MIN_TIME} AND {PG_MAX_TIME})
+                    AS oldest,
+                min(next_attempt_at)
+                    FILTER (WHERE next_attempt_at > now() AND next_attempt_at <= {PG_MAX_TIME})
+                    AS next_retry,
                 (SELECT count(*) FROM outbox_dead_letter) AS dead
-         FROM outbox WHERE published_at IS NULL",
-    )
+         FROM outbox WHERE published_at IS NULL"
+    ))
     .fetch_one(pool)
     .await
     .map_err(db)?;
@@ -309,8 +379,9 @@ pub(super) async fn backlog(pool: &PgPool, pending: bool) -> Result<Backlog, Err
         "SELECT CASE WHEN $1 THEN (SELECT count(*) FROM outbox WHERE published_at IS NULL) END
                   AS pending,
                 CASE WHEN $1 THEN
-                  (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
-                   WHERE published_at IS NULL ORDER BY seq LIMIT 1) END AS oldest_age,
+                  (SELECT CASE WHEN isfinite(created_at)
+                               THEN extract(epoch FROM now() - created_at)::float8 END
+                   FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 1) END AS oldest_age,
                 (SELECT count(*) FROM outbox_dead_letter) AS dead",
     )
     .bind(pending)
@@ -331,14 +402,25 @@ pub(super) async fn dead_letters(
     id: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, Error> {
-    let rows = sqlx::query(
-        "SELECT id, original_id, seq, aggregate_type, aggregate_id, event_type, payload::text AS payload,
-                headers::text AS headers, created_at, retry_count, error, failed_at
+    // Whatever a row holds (text that is not UTF-8 in a SQL_ASCII database, infinity), it can
+    // be listed and shown: text comes as its bytes, times within what the relay can carry.
+    let rows = sqlx::query(&format!(
+        "SELECT id, original_id, seq, {} AS aggregate_type, {} AS aggregate_id,
+                {} AS event_type, {} AS payload, {} AS headers,
+                least(greatest(created_at, {PG_MIN_TIME}), {PG_MAX_TIME}) AS created_at,
+                retry_count, {} AS error,
+                least(greatest(failed_at, {PG_MIN_TIME}), {PG_MAX_TIME}) AS failed_at
          FROM outbox_dead_letter
          WHERE $1::uuid IS NULL OR id = $1 OR original_id = $1
          ORDER BY failed_at, seq
          LIMIT $2",
-    )
+        as_bytes("aggregate_type"),
+        as_bytes("aggregate_id"),
+        as_bytes("event_type"),
+        as_bytes("payload::text"),
+        as_bytes("headers::text"),
+        as_bytes("error"),
+    ))
     .bind(id)
     .bind(limit)
     .fetch_all(pool)
@@ -346,18 +428,19 @@ pub(super) async fn dead_letters(
     .map_err(db)?;
     rows.into_iter()
         .map(|row| {
+            let text = |column: &str| raw(&row, column).map(rows::lossy);
             Ok(DeadLetter {
                 id: row.try_get("id")?,
                 original_id: row.try_get("original_id")?,
                 seq: row.try_get("seq")?,
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                event_type: row.try_get("event_type")?,
-                payload: parse_json(row.try_get::<&str, _>("payload")?),
-                headers: row.try_get::<Option<&str>, _>("headers")?.map(parse_json),
+                aggregate_type: text("aggregate_type")?,
+                aggregate_id: text("aggregate_id")?,
+                event_type: text("event_type")?,
+                payload: parse_json(&text("payload")?),
+                headers: raw(&row, "headers")?.map(|b| parse_json(&rows::lossy(Some(b)))),
                 created_at: row.try_get("created_at")?,
                 retry_count: row.try_get("retry_count")?,
-                error: row.try_get("error")?,
+                error: text("error")?,
                 failed_at: row.try_get("failed_at")?,
             })
         })
@@ -430,4 +513,69 @@ pub(super) async fn cleanup_batch(
     .await
     .map_err(db)?
     .rows_affected())
+}
+
+/// One claimed row as a [`Record`], or why it cannot be one.
+fn read(row: &PgRow) -> Result<Read, Error> {
+    let seq: i64 = row.try_get("seq")?;
+    rows::finish(seq, fields(row, seq))
+}
+
+fn fields(row: &PgRow, seq: i64) -> Result<Record, Fault> {
+    let text = |column: &str| rows::text(column, raw(row, column)?).map_err(Fault::Row);
+    let created_at: Option<DateTime<Utc>> = row.try_get("created_at")?;
+    Ok(Record {
+        seq,
+        id: row.try_get("id")?,
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        event_type: text("event_type")?,
+        payload: text("payload")?,
+        headers: rows::text_opt("headers", raw(row, "headers")?).map_err(Fault::Row)?,
+        created_at: created_at.ok_or_else(|| {
+            Fault::Row(
+                "column created_at is not a time the relay can carry (infinity, or outside \
+                 the years 1 to 9999)"
+                    .into(),
+            )
+        })?,
+        retry_count: row.try_get::<Option<i32>, _>("retry_count")?.unwrap_or(0),
+    })
+}
+
+/// A column's bytes as PostgreSQL sent them (text arrives as its bytes), `None` for NULL.
+fn raw<'r>(row: &'r PgRow, column: &str) -> Result<Option<&'r [u8]>, sqlx::Error> {
+    let value = row.try_get_raw(column)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(value.as_bytes().map_err(sqlx::Error::Decode)?))
+}
+
+/// Moves claimed rows the relay cannot read into the dead-letter table, in the claim's
+/// transaction (it holds their locks). NULLs an adopted table let in become empty values there.
+async fn dead_letter_unreadable(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[Unreadable],
+) -> Result<(), Error> {
+    for bad in rows {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "WITH moved AS (DELETE FROM outbox WHERE seq = $1 RETURNING *)
+             INSERT INTO outbox_dead_letter
+                 (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                  created_at, retry_count, error)
+             SELECT id, seq, coalesce(aggregate_type, ''), coalesce(aggregate_id, ''),
+                    coalesce(event_type, ''), coalesce(payload, 'null'), headers, created_at,
+                    coalesce(retry_count, 0), $2
+             FROM moved
+             RETURNING original_id",
+        )
+        .bind(bad.seq)
+        .bind(truncate_error(&bad.error()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+        tracing::warn!(seq = bad.seq, id = ?id, reason = %bad.reason, "dead-lettered a row the relay cannot read");
+    }
+    Ok(())
 }

@@ -405,6 +405,90 @@ pub async fn replication_slots(pool: &PgPool) -> Result<Vec<ReplicationSlot>, Er
         .collect()
 }
 
+/// Who reads the outbox table through logical replication (CDC): the publications that include
+/// it and the logical slots of its database that can stream it. CDC never marks rows published,
+/// so while a CDC reader exists the table's unpublished rows are not a backlog, and a polling
+/// relay would deliver them all again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CdcReaders {
+    /// The table, `schema.table`.
+    pub table: String,
+    /// Publications that include it.
+    pub publications: Vec<String>,
+    /// Logical slots of this database that stream it: `pgoutput` slots while a publication
+    /// includes the table, and slots of any other plugin (they decode every table).
+    pub slots: Vec<String>,
+}
+
+impl CdcReaders {
+    /// From the table's publications and the database's logical slots; `None` when no slot
+    /// streams the table.
+    pub fn find(
+        table: String,
+        publications: Vec<String>,
+        slots: &[ReplicationSlot],
+    ) -> Option<CdcReaders> {
+        let slots: Vec<String> = slots
+            .iter()
+            .filter(|s| s.plugin != "pgoutput" || !publications.is_empty())
+            .map(|s| s.slot.clone())
+            .collect();
+        (!slots.is_empty()).then_some(CdcReaders {
+            table,
+            publications,
+            slots,
+        })
+    }
+
+    /// Who reads: `replication slot s1, publication p1`.
+    pub fn readers(&self) -> String {
+        let mut text = format!("replication slot {}", self.slots.join(", "));
+        if !self.publications.is_empty() {
+            text.push_str(&format!(", publication {}", self.publications.join(", ")));
+        }
+        text
+    }
+
+    /// Why a polling relay refuses to start, with what to do instead.
+    pub fn refusal(&self) -> String {
+        let drops = self
+            .slots
+            .iter()
+            .map(|s| format!("SELECT pg_drop_replication_slot('{s}')"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!(
+            "table {} is read by CDC ({}): a CDC reader never marks rows published, so a \
+             polling relay would deliver again every event it already delivered. Run the CDC \
+             relay instead (--source cdc); if the slot is abandoned, drop it ({drops}); or \
+             pass --allow-with-cdc to poll anyway",
+            self.table,
+            self.readers()
+        )
+    }
+}
+
+/// The outbox table's name (`schema.table`, as `outbox` resolves) and the publications that
+/// include it; `None` when there is no outbox table.
+pub async fn outbox_publications(pool: &PgPool) -> Result<Option<(String, Vec<String>)>, Error> {
+    let row = sqlx::query(
+        "SELECT n.nspname::text AS schema, c.relname::text AS name,
+                ARRAY(SELECT p.pubname::text FROM pg_publication_tables p
+                      WHERE p.schemaname = n.nspname AND p.tablename = c.relname
+                      ORDER BY p.pubname) AS publications
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass('outbox')",
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        let schema: String = r.try_get("schema")?;
+        let name: String = r.try_get("name")?;
+        Ok((format!("{schema}.{name}"), r.try_get("publications")?))
+    })
+    .transpose()
+}
+
 /// The server's `max_slot_wal_keep_size` in bytes; `None` when unlimited (-1, the default):
 /// then an abandoned slot keeps WAL until the disk is full.
 pub async fn max_slot_wal_keep_size(pool: &PgPool) -> Result<Option<i64>, Error> {

@@ -6,10 +6,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::rows::{self, Fault, Unreadable};
 use super::{
     parse_json, truncate_error, Claim, ConnectOptions, DeadLetter, Hold, Settlement, Status,
 };
@@ -154,20 +156,19 @@ impl SqliteStore {
         .await
         .map_err(db)?;
         let mut records = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
         for row in rows {
-            let id: String = row.try_get("id")?;
-            let created: String = row.try_get("created_at")?;
-            records.push(Record {
-                seq: row.try_get("seq")?,
-                id: Uuid::parse_str(&id).unwrap_or_else(|_| Uuid::nil()),
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                event_type: row.try_get("event_type")?,
-                payload: row.try_get("payload")?,
-                headers: row.try_get("headers")?,
-                created_at: ts_or_now(&created),
-                retry_count: row.try_get("retry_count")?,
-            });
+            let seq: i64 = row.try_get("seq")?;
+            match rows::finish(seq, fields(&row, seq))? {
+                Ok(record) => records.push(record),
+                Err(bad) => unreadable.push(bad),
+            }
+        }
+        if !unreadable.is_empty() {
+            // Out of the way, then claim again soon (`contended`): the others come back then,
+            // after the blocking rules had their say about the new dead letters.
+            self.dead_letter_unreadable(&unreadable).await?;
+            return Ok(Claim::new(Vec::new(), true, None));
         }
         let next_due = if records.is_empty() {
             let due: Option<String> = sqlx::query_scalar(
@@ -261,19 +262,20 @@ pub(super) async fn status(pool: &SqlitePool) -> Result<Status, Error> {
     Ok(Status {
         pending: row.try_get("pending")?,
         retrying: row.try_get("retrying")?,
-        oldest_pending_at: row
-            .try_get::<Option<String>, _>("oldest")?
-            .as_deref()
-            .and_then(parse_ts),
+        oldest_pending_at: time(&row, "oldest")?,
         oldest_pending_age_seconds: None,
-        next_retry_at: row
-            .try_get::<Option<String>, _>("next_retry")?
-            .as_deref()
-            .and_then(parse_ts),
+        next_retry_at: time(&row, "next_retry")?,
         dead_letters: row.try_get("dead")?,
         ..Status::default()
     }
     .finish())
+}
+
+/// A nullable time column, whatever bytes a writer left in it (`None` when unreadable).
+fn time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(row
+        .try_get::<Option<&[u8]>, _>(column)?
+        .and_then(|b| parse_ts(&String::from_utf8_lossy(b))))
 }
 
 fn ids_json(ids: Option<&[Uuid]>) -> Option<String> {
@@ -307,22 +309,28 @@ pub(super) async fn dead_letters(
     .map_err(db)?;
     rows.into_iter()
         .map(|row| {
-            let uuid = |col: &str| -> Result<Uuid, Error> {
-                Ok(Uuid::parse_str(row.try_get::<&str, _>(col)?).unwrap_or_else(|_| Uuid::nil()))
+            // Whatever a row holds (text that is not UTF-8 among it), it can be listed.
+            let text = |column: &str| -> Result<String, Error> {
+                Ok(rows::lossy(row.try_get::<Option<&[u8]>, _>(column)?))
+            };
+            let uuid = |column: &str| -> Result<Uuid, Error> {
+                Ok(Uuid::parse_str(&text(column)?).unwrap_or_else(|_| Uuid::nil()))
             };
             Ok(DeadLetter {
                 id: uuid("id")?,
                 original_id: uuid("original_id")?,
                 seq: row.try_get("seq")?,
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                event_type: row.try_get("event_type")?,
-                payload: parse_json(row.try_get::<&str, _>("payload")?),
-                headers: row.try_get::<Option<&str>, _>("headers")?.map(parse_json),
-                created_at: ts_or_now(row.try_get::<&str, _>("created_at")?),
+                aggregate_type: text("aggregate_type")?,
+                aggregate_id: text("aggregate_id")?,
+                event_type: text("event_type")?,
+                payload: parse_json(&text("payload")?),
+                headers: row
+                    .try_get::<Option<&[u8]>, _>("headers")?
+                    .map(|b| parse_json(&String::from_utf8_lossy(b))),
+                created_at: ts_or_now(&text("created_at")?),
                 retry_count: row.try_get("retry_count")?,
-                error: row.try_get("error")?,
-                failed_at: ts_or_now(row.try_get::<&str, _>("failed_at")?),
+                error: text("error")?,
+                failed_at: ts_or_now(&text("failed_at")?),
             })
         })
         .collect()
@@ -397,6 +405,58 @@ pub(super) async fn cleanup_batch(
     .await
     .map_err(db)?
     .rows_affected())
+}
+
+/// One claimed row as a [`Record`]; text that is not UTF-8, or a retry_count that is not a
+/// number, is the row's fault. (A malformed id reads as the nil UUID and an unreadable
+/// created_at as now, as before.)
+fn fields(row: &SqliteRow, seq: i64) -> Result<Record, Fault> {
+    let raw = |column: &str| row.try_get::<Option<&[u8]>, _>(column);
+    let text = |column: &str| rows::text(column, raw(column)?).map_err(Fault::Row);
+    Ok(Record {
+        seq,
+        id: Uuid::parse_str(&rows::lossy(raw("id")?)).unwrap_or_else(|_| Uuid::nil()),
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        event_type: text("event_type")?,
+        payload: text("payload")?,
+        headers: rows::text_opt("headers", raw("headers")?).map_err(Fault::Row)?,
+        created_at: ts_or_now(&rows::lossy(raw("created_at")?)),
+        retry_count: row
+            .try_get::<i64, _>("retry_count")
+            .map(|n| n.clamp(0, i32::MAX.into()) as i32)
+            .map_err(|_| Fault::Row("column retry_count is not an integer".into()))?,
+    })
+}
+
+impl SqliteStore {
+    /// Moves claimed rows the relay cannot read into the dead-letter table, under the lease.
+    async fn dead_letter_unreadable(&self, rows: &[Unreadable]) -> Result<(), Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let failed_at = ts(Utc::now());
+        for bad in rows {
+            sqlx::query(
+                "INSERT INTO outbox_dead_letter
+                     (original_id, seq, aggregate_type, aggregate_id, event_type, payload,
+                      headers, created_at, retry_count, error, failed_at)
+                 SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
+                        created_at,
+                        CASE typeof(retry_count) WHEN 'integer' THEN retry_count ELSE 0 END,
+                        ?2, ?3
+                 FROM outbox WHERE seq = ?1;
+                 DELETE FROM outbox WHERE seq = ?1",
+            )
+            .bind(bad.seq)
+            .bind(truncate_error(&bad.error()))
+            .bind(&failed_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tracing::warn!(seq = bad.seq, reason = %bad.reason, "dead-lettered a row the relay cannot read");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
