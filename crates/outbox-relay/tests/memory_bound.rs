@@ -41,14 +41,15 @@ impl Sink for Gate {
     }
 }
 
-async fn wait(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Waits (at most `limit`) until `done`.
+async fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let poll = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(limit, poll).await.is_err() {
+        panic!("timed out after {limit:?} waiting for {what}");
     }
 }
 
@@ -86,7 +87,7 @@ async fn a_cdc_relay_holds_at_most_its_byte_bound_while_the_sink_is_down() {
     let sink = Arc::new(Gate::default());
     sink.down.store(true, Ordering::Relaxed);
     let router = Router::new(Template::parse("orders").unwrap(), Envelope::Debezium);
-    let relay = Arc::new(CdcRelay::new(
+    let relay = CdcRelay::new(
         store,
         &db.url,
         sink.clone(),
@@ -105,15 +106,15 @@ async fn a_cdc_relay_holds_at_most_its_byte_bound_while_the_sink_is_down() {
             },
             ..CdcOptions::default()
         },
-    ));
+    );
+    let state = relay.state();
     relay.prepare().await.unwrap();
     let stop = CancellationToken::new();
-    let task = {
-        let (relay, stop) = (relay.clone(), stop.clone());
-        tokio::spawn(async move { relay.run(stop).await })
-    };
-    let state = relay.state();
-    wait(Duration::from_secs(20), "the relay to stream", || {
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { relay.run(stop).await }
+    });
+    wait(Duration::from_secs(20), "streaming", || {
         state.is_streaming()
     })
     .await;
