@@ -88,6 +88,11 @@ pub struct RelayArgs {
     #[arg(long)]
     pub batch_size: Option<usize>,
 
+    /// Most bytes of events held in memory: a polled batch stops there, the CDC relay reads no
+    /// further from the slot (one larger event still goes alone), e.g. 64MiB [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_buffer_bytes: Option<bytesize::ByteSize>,
+
     /// Claim loops running at once on PostgreSQL [default: 2].
     #[arg(long)]
     pub workers: Option<usize>,

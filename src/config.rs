@@ -95,6 +95,8 @@ pub struct RelaySection {
     pub batch_size: Option<usize>,
     pub workers: Option<usize>,
     pub max_in_flight: Option<usize>,
+    /// Most bytes of events held in memory, e.g. `"64 MiB"` (a polled batch stops there).
+    pub max_buffer_bytes: Option<bytesize::ByteSize>,
     #[serde(
         default,
         deserialize_with = "outbox_relay::duration::deserialize_option"
@@ -161,6 +163,9 @@ pub struct CdcSection {
     pub batch_size: Option<usize>,
     /// Events held in memory before the stream is paused [default: 65536].
     pub max_buffered: Option<usize>,
+    /// Bytes of events held in memory before the relay reads no further from the slot, e.g.
+    /// `"64 MiB"` [default: `[relay] max_buffer_bytes`, else 64 MiB].
+    pub max_buffer_bytes: Option<bytesize::ByteSize>,
     /// Warn when the slot retains more WAL than this, e.g. `"512 MiB"` or a number of bytes
     /// [default: 1 GiB]. `outbox status` uses it too.
     pub max_retained_wal: Option<bytesize::ByteSize>,

@@ -175,6 +175,7 @@ fn relay_config(args: &RelayArgs, file: &FileConfig) -> Result<RelayConfig, CliE
                 .batch_size
                 .or(file.relay.batch_size)
                 .unwrap_or(defaults.poll.batch_size),
+            max_batch_bytes: max_buffer_bytes(args, file, None, defaults.poll.max_batch_bytes)?,
             poll_interval: args
                 .poll_interval
                 .or(file.relay.poll_interval)
@@ -208,6 +209,27 @@ fn relay_config(args: &RelayArgs, file: &FileConfig) -> Result<RelayConfig, CliE
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `--max-buffer-bytes`, then the source's section (`[cdc]`), then `[relay]`, then `default`;
+/// more than zero.
+fn max_buffer_bytes(
+    args: &RelayArgs,
+    file: &FileConfig,
+    section: Option<bytesize::ByteSize>,
+    default: u64,
+) -> Result<u64, CliError> {
+    let bytes = args
+        .max_buffer_bytes
+        .or(section)
+        .or(file.relay.max_buffer_bytes)
+        .map_or(default, |b| b.as_u64());
+    if bytes == 0 {
+        return Err(CliError::usage(
+            "max_buffer_bytes must be greater than zero",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The sinks' options: the config file's sections, `--nats-stream` over `[nats] stream`.
@@ -247,7 +269,7 @@ mod cdc_settings {
     use outbox_relay::source::cdc::Connector;
     use outbox_relay::source::cdc::{CdcOptions, CdcRouting, TableName};
 
-    use super::{listen, relay_config, router, sink_settings, SinkSettings};
+    use super::{listen, max_buffer_bytes, relay_config, router, sink_settings, SinkSettings};
     use crate::cli::{Cli, RelayArgs};
     use crate::config::FileConfig;
     use crate::error::CliError;
@@ -418,6 +440,12 @@ mod cdc_settings {
                 .unwrap_or(defaults.batch_size),
             max_in_flight: file.relay.max_in_flight.unwrap_or(defaults.max_in_flight),
             max_buffered: file.cdc.max_buffered.unwrap_or(defaults.max_buffered),
+            max_buffer_bytes: max_buffer_bytes(
+                args,
+                file,
+                file.cdc.max_buffer_bytes,
+                defaults.max_buffer_bytes,
+            )?,
             max_retained_wal: super::max_retained_wal(file),
             retry: config.retry,
             dead_letters_block: config.poll.dead_letters_block,

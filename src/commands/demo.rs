@@ -165,6 +165,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), CliError> {
                 poll_interval: Duration::from_millis(10),
                 dead_letters_block: true,
                 delete_published: false,
+                ..PollOptions::default()
             },
             workers: 1,
             max_in_flight: 256,

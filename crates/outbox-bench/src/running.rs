@@ -43,6 +43,7 @@ impl Running {
                             poll_interval: Duration::from_secs(1),
                             dead_letters_block: true,
                             delete_published: on_publish == OnPublish::Delete,
+                            ..PollOptions::default()
                         },
                         workers: args.workers,
                         max_in_flight: args.batch_size,

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::{Counter, Histogram, Label};
+use metrics::{Counter, Gauge, Histogram, Label};
 
 pub use crate::health::Health;
 
@@ -39,6 +39,9 @@ pub mod names {
     pub const CDC_SLOT_RETAINED_WAL: &str = "outbox_cdc_slot_retained_wal_bytes";
     /// Gauge: 1 while this CDC relay stands by (another reader holds the slot), else 0.
     pub const CDC_STANDBY: &str = "outbox_cdc_standby";
+    /// Gauge: bytes of events the relay holds in memory (CDC: read from the slot, not yet
+    /// delivered or dead-lettered), bounded by `max_buffer_bytes` plus one event.
+    pub const BUFFER_BYTES: &str = "outbox_buffer_bytes";
     /// Gauge: 1, labelled with the relay's `version`, `source` and `sink`.
     pub const RELAY_INFO: &str = "outbox_relay_info";
 }
@@ -110,6 +113,11 @@ pub fn describe_metrics() {
         "1 while this CDC relay stands by because another reader holds the slot."
     );
     describe_gauge!(
+        BUFFER_BYTES,
+        Unit::Bytes,
+        "Events held in memory, read but not yet delivered or dead-lettered (CDC)."
+    );
+    describe_gauge!(
         RELAY_INFO,
         "Always 1; the labels say which version, source and sink this relay runs."
     );
@@ -137,6 +145,7 @@ struct Meters {
     dead_lettered: Counter,
     latency: Histogram,
     batch_size: Histogram,
+    buffer_bytes: Gauge,
 }
 
 impl Default for Meters {
@@ -149,6 +158,7 @@ impl Default for Meters {
             dead_lettered: Counter::noop(),
             latency: Histogram::noop(),
             batch_size: Histogram::noop(),
+            buffer_bytes: Gauge::noop(),
         }
     }
 }
@@ -171,7 +181,13 @@ impl Meters {
             unavailable: metrics::counter!(names::DELIVERY_FAILURES, with_kind("unavailable")),
             dead_lettered: metrics::counter!(names::EVENTS_DEAD_LETTERED, labels.clone()),
             latency: metrics::histogram!(names::DELIVERY_LATENCY, labels.clone()),
-            batch_size: metrics::histogram!(names::CLAIM_BATCH_SIZE, labels),
+            batch_size: metrics::histogram!(names::CLAIM_BATCH_SIZE, labels.clone()),
+            // Only the CDC source keeps events in memory between reads.
+            buffer_bytes: if source == "cdc" {
+                metrics::gauge!(names::BUFFER_BYTES, labels)
+            } else {
+                Gauge::noop()
+            },
         }
     }
 }
@@ -237,6 +253,11 @@ impl Stats {
     /// An event was acknowledged `seconds` after it was created.
     pub(crate) fn acknowledged(&self, seconds: f64) {
         self.meters.latency.record(seconds);
+    }
+
+    /// The handle of the `outbox_buffer_bytes` gauge (bytes of events held in memory).
+    pub(crate) fn buffer_bytes_gauge(&self) -> Gauge {
+        self.meters.buffer_bytes.clone()
     }
 
     /// The relay's health, for liveness and readiness probes.

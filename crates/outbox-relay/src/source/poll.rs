@@ -79,6 +79,8 @@ impl Wakeups {
 pub struct PollOptions {
     /// Largest batch claimed at once.
     pub batch_size: usize,
+    /// Largest batch in bytes of payloads and headers (the first event always comes).
+    pub max_batch_bytes: u64,
     /// Longest wait between claims when nothing wakes the source.
     pub poll_interval: Duration,
     /// Whether a dead letter holds back the later events of its aggregate.
@@ -92,6 +94,7 @@ impl Default for PollOptions {
     fn default() -> Self {
         PollOptions {
             batch_size: 500,
+            max_batch_bytes: 64 << 20,
             poll_interval: Duration::from_secs(1),
             dead_letters_block: true,
             delete_published: false,
@@ -176,8 +179,9 @@ impl PollSource {
             health.beat();
             let wait = match self
                 .store
-                .claim_partition(
+                .claim_bounded(
                     self.options.batch_size,
+                    self.options.max_batch_bytes,
                     self.options.dead_letters_block,
                     self.partition,
                 )

@@ -256,9 +256,25 @@ impl Store {
         dead_letters_block: bool,
         part: Partition,
     ) -> Result<Claim, Error> {
+        self.claim_bounded(limit, u64::MAX, dead_letters_block, part)
+            .await
+    }
+
+    /// Like [`Store::claim_partition`], and stopping once the claimed events' payloads and
+    /// headers add up to `max_bytes` (the first event comes whatever its size), so a batch of
+    /// large events does not take more memory than that.
+    pub async fn claim_bounded(
+        &self,
+        limit: usize,
+        max_bytes: u64,
+        dead_letters_block: bool,
+        part: Partition,
+    ) -> Result<Claim, Error> {
         match self {
-            Store::Postgres(pool) => postgres::claim(pool, limit, dead_letters_block, part).await,
-            Store::Sqlite(s) => s.claim(limit, dead_letters_block).await,
+            Store::Postgres(pool) => {
+                postgres::claim(pool, limit, max_bytes, dead_letters_block, part).await
+            }
+            Store::Sqlite(s) => s.claim(limit, max_bytes, dead_letters_block).await,
         }
     }
 

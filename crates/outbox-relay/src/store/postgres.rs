@@ -23,14 +23,19 @@ use crate::record::Record;
 ///    (a plain read of the statement's snapshot), each marked `mine` when its aggregate hashes
 ///    to this worker's partition (workers of one relay split the aggregates and never wait for
 ///    each other);
-/// 3. `claimed`: up to `limit` of my candidates, locked `FOR UPDATE SKIP LOCKED` (rows another
-///    relay holds are skipped, rows changed since the snapshot are re-checked);
+/// 3. `claimed`: up to `limit` of my candidates, and only while their payloads and headers as
+///    stored (`pg_column_size`: cheap, compressed for large values) stay under the byte bound
+///    (`budget`), locked `FOR UPDATE SKIP LOCKED` (rows another relay holds are skipped, rows
+///    changed since the snapshot are re-checked);
 /// 4. `clean`: the aggregates whose claimed rows are exactly their first `n` pending rows. An
 ///    aggregate whose earlier rows another relay holds (or that changed under the scan) is left
 ///    out of this batch, so no event overtakes an earlier one. Fast path: when every one of my
 ///    candidates up to the batch's last `seq` was claimed (`eligible.n = tally.n`), nothing was
 ///    skipped and every aggregate is clean; otherwise the pending rows up to the batch's last
 ///    `seq` are counted per aggregate in one scan of the pending index.
+/// 5. The rows returned stop where the text of their payloads and headers passes the byte bound
+///    (the first row always comes): a `seq` prefix of a clean batch is clean. Rows past it stay
+///    locked until the batch is settled and come in the next claim.
 const CLAIM: &str = r#"
 WITH blocked AS MATERIALIZED (
     SELECT aggregate_type, aggregate_id, min(seq) AS seq
@@ -45,7 +50,8 @@ WITH blocked AS MATERIALIZED (
 ),
 candidates AS MATERIALIZED (
     SELECT o.seq,
-           {mine} AS mine
+           {mine} AS mine,
+           pg_column_size(o.payload) + coalesce(pg_column_size(o.headers), 0) AS size
     FROM outbox o
     WHERE o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
@@ -57,6 +63,13 @@ candidates AS MATERIALIZED (
     ORDER BY o.seq
     LIMIT {candidates}
 ),
+budget AS MATERIALIZED (
+    SELECT m.seq
+    FROM (SELECT c.seq, sum(c.size) OVER (ORDER BY c.seq) - c.size AS bytes_before
+          FROM candidates c
+          WHERE c.mine) m
+    WHERE m.bytes_before < {max_bytes}
+),
 claimed AS MATERIALIZED (
     SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type,
            o.payload::text AS payload, o.headers::text AS headers,
@@ -65,7 +78,7 @@ claimed AS MATERIALIZED (
                AS created_at,
            o.retry_count
     FROM outbox o
-    WHERE o.seq = ANY (ARRAY(SELECT c.seq FROM candidates c WHERE c.mine))
+    WHERE o.seq = ANY (ARRAY(SELECT b.seq FROM budget b))
       AND o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
     ORDER BY o.seq
@@ -101,10 +114,20 @@ slow_clean AS (
      AND q.seq <= h.hi
     GROUP BY h.aggregate_type, h.aggregate_id, h.n
     HAVING count(*) = h.n
+),
+sized AS (
+    SELECT z.seq
+    FROM (SELECT c.seq,
+                 sum(octet_length(c.payload) + coalesce(octet_length(c.headers), 0))
+                     OVER (ORDER BY c.seq)
+                 - octet_length(c.payload) - coalesce(octet_length(c.headers), 0) AS bytes_before
+          FROM claimed c) z
+    WHERE z.bytes_before < {max_bytes}
 )
 SELECT c.seq, c.id, {text_columns}, c.created_at, c.retry_count,
        ((SELECT n FROM eligible) = (SELECT n FROM tally) OR k.aggregate_id IS NOT NULL) AS clean
 FROM claimed c
+JOIN sized z ON z.seq = c.seq
 LEFT JOIN slow_clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
 ORDER BY c.seq
 "#;
@@ -145,8 +168,9 @@ fn as_bytes(expr: &str) -> String {
     )
 }
 
-/// The claim statement for one batch size and partition.
-fn claim_sql(limit: usize, part: Partition, bytes: bool) -> String {
+/// The claim statement for one batch size, byte bound and partition; `bytes`: the text
+/// columns as bytes (see [`text_columns_as_bytes`]).
+fn claim_sql(limit: usize, max_bytes: u64, part: Partition, bytes: bool) -> String {
     let parts = part.count.max(1);
     let mine = if parts == 1 {
         "true".to_string()
@@ -160,6 +184,7 @@ fn claim_sql(limit: usize, part: Partition, bytes: bool) -> String {
         .replace("{mine}", &mine)
         .replace("{candidates}", &(limit * parts as usize).to_string())
         .replace("{limit}", &limit.to_string())
+        .replace("{max_bytes}", &max_bytes.min(i64::MAX as u64).to_string())
         .replace("{min_time}", PG_MIN_TIME)
         .replace("{max_time}", PG_MAX_TIME)
         .replace(
@@ -180,11 +205,12 @@ fn not_utf8(e: &sqlx::Error) -> bool {
 pub(super) async fn claim(
     pool: &PgPool,
     limit: usize,
+    max_bytes: u64,
     dead_letters_block: bool,
     part: Partition,
 ) -> Result<Claim, Error> {
     let mut tx = pool.begin().await?;
-    let rows = match sqlx::query(&claim_sql(limit, part, false))
+    let rows = match sqlx::query(&claim_sql(limit, max_bytes, part, false))
         .bind(dead_letters_block)
         .fetch_all(&mut *tx)
         .await
@@ -192,7 +218,7 @@ pub(super) async fn claim(
         Err(e) if not_utf8(&e) => {
             tx.rollback().await?;
             tx = pool.begin().await?;
-            sqlx::query(&claim_sql(limit, part, true))
+            sqlx::query(&claim_sql(limit, max_bytes, part, true))
                 .bind(dead_letters_block)
                 .fetch_all(&mut *tx)
                 .await

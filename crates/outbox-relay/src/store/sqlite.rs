@@ -119,9 +119,12 @@ impl SqliteStore {
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Up to `limit` events, stopping where their payloads and headers pass `max_bytes` (the
+    /// first event always comes).
     pub(super) async fn claim(
         &self,
         limit: usize,
+        max_bytes: u64,
         dead_letters_block: bool,
     ) -> Result<Claim, Error> {
         if !self.lease().await? {
@@ -137,21 +140,30 @@ impl SqliteStore {
                  SELECT aggregate_type, aggregate_id, min(seq) FROM outbox_dead_letter
                  WHERE ?2
                  GROUP BY aggregate_type, aggregate_id
+             ),
+             batch AS (
+                 SELECT seq, id, aggregate_type, aggregate_id, event_type, payload, headers,
+                        created_at, retry_count,
+                        length(CAST(payload AS BLOB)) + coalesce(length(CAST(headers AS BLOB)), 0) AS size
+                 FROM outbox o
+                 WHERE published_at IS NULL
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM blocked b
+                       WHERE b.aggregate_type = o.aggregate_type AND b.aggregate_id = o.aggregate_id
+                         AND b.seq < o.seq)
+                 ORDER BY seq
+                 LIMIT ?3
              )
-             SELECT seq, id, aggregate_type, aggregate_id, event_type, payload, headers, created_at, retry_count
-             FROM outbox o
-             WHERE published_at IS NULL
-               AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
-               AND NOT EXISTS (
-                   SELECT 1 FROM blocked b
-                   WHERE b.aggregate_type = o.aggregate_type AND b.aggregate_id = o.aggregate_id
-                     AND b.seq < o.seq)
-             ORDER BY seq
-             LIMIT ?3",
+             SELECT * FROM (
+                 SELECT b.*, sum(size) OVER (ORDER BY seq) - size AS bytes_before FROM batch b)
+             WHERE bytes_before < ?4
+             ORDER BY seq",
         )
         .bind(&now)
         .bind(dead_letters_block)
         .bind(limit as i64)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;

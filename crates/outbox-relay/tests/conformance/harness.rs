@@ -243,6 +243,7 @@ pub async fn start_relay<H: Harness>(
                 poll_interval: Duration::from_millis(100),
                 dead_letters_block: true,
                 delete_published: false,
+                ..PollOptions::default()
             },
             workers: 2,
             max_in_flight: 256,

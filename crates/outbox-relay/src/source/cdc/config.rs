@@ -10,6 +10,9 @@ use crate::store::replication::{
     validate_publication_name, validate_slot_name, TableName, DEFAULT_MAX_RETAINED_WAL,
 };
 
+/// The default bound on the bytes of events a relay holds in memory: 64 MiB.
+pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 64 << 20;
+
 /// Settings of the CDC source.
 #[derive(Debug, Clone)]
 pub struct CdcOptions {
@@ -41,6 +44,9 @@ pub struct CdcOptions {
     pub max_in_flight: usize,
     /// Events held in memory (decoded, retrying) before the stream is paused.
     pub max_buffered: usize,
+    /// Bytes of events held in memory (decoded, retrying, out for delivery) before the relay
+    /// reads no further from the slot; one event larger than this still goes through alone.
+    pub max_buffer_bytes: u64,
     /// Backoff and dead-lettering.
     pub retry: RetryPolicy,
     /// Whether a dead letter sends the later events of its aggregate after it.
@@ -67,6 +73,7 @@ impl Default for CdcOptions {
             batch_size: 4096,
             max_in_flight: 1024,
             max_buffered: 65_536,
+            max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             retry: RetryPolicy::default(),
             dead_letters_block: true,
         }
@@ -86,6 +93,11 @@ impl CdcOptions {
         if self.batch_size == 0 || self.max_in_flight == 0 {
             return Err(Error::Config(
                 "batch_size and max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.max_buffer_bytes == 0 {
+            return Err(Error::Config(
+                "max_buffer_bytes must be greater than zero".into(),
             ));
         }
         for (name, d) in [

@@ -74,6 +74,11 @@ fn failure(target: &PgTarget, raw: &str) -> Error {
 }
 
 /// The replication connection's settings: to the target directly, or to a TLS bridge.
+/// Replication messages the client queues ahead of the reader. Each is a whole row, not yet
+/// counted in the session's byte budget, so this adds at most this many rows to memory while
+/// the budget holds the reader (the client then stops reading the socket).
+const STREAM_QUEUE: usize = 64;
+
 pub(super) fn replication_config(
     target: &PgTarget,
     bridge: Option<&Bridge>,
@@ -111,7 +116,7 @@ pub(super) fn replication_config(
         .with_start_lsn(Lsn(start))
         .with_status_interval(o.status_interval)
         .with_wakeup_interval(Duration::from_secs(10))
-        .with_buffer_size(16_384)
+        .with_buffer_size(STREAM_QUEUE)
         .with_application_name("outbox-relay-cdc")
         // Render values the way the decoder reads them (timestamps in ISO, UTC).
         .with_options("-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres")

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::pressure::Budget;
 use super::rows::Event;
 use crate::delivery::{deliver, judge, observe, Outcome, Verdict};
 use crate::record::Record;
@@ -78,6 +79,9 @@ pub(crate) struct EngineConfig {
     pub batch_size: usize,
     pub max_in_flight: usize,
     pub max_buffered: usize,
+    /// Largest round in bytes (the first event always goes): the sink holds a routed copy of
+    /// each event while it is out.
+    pub max_round_bytes: u64,
     pub retry: RetryPolicy,
     pub dead_letters_block: bool,
     /// The statement that writes dead letters ([`crate::store::cdc::dead_letter_sql`]).
@@ -103,6 +107,8 @@ pub(crate) struct Engine {
     /// Pause after a failed dead-letter write.
     dead_backoff: Backoff,
     buffered: usize,
+    /// Bytes of the events in memory (shared with the reader, which stops when it is full).
+    budget: Arc<Budget>,
     confirmed: u64,
     rounds: u64,
 }
@@ -132,8 +138,9 @@ enum Fate {
 }
 
 impl Engine {
-    /// An engine whose slot is confirmed up to `confirmed`.
-    pub fn new(confirmed: u64) -> Self {
+    /// An engine whose slot is confirmed up to `confirmed`, releasing done events' bytes
+    /// from `budget`.
+    pub fn new(confirmed: u64, budget: Arc<Budget>) -> Self {
         Engine {
             books: VecDeque::new(),
             ready: VecDeque::new(),
@@ -142,6 +149,7 @@ impl Engine {
             dead_retry_at: None,
             dead_backoff: Backoff::new(Duration::from_millis(400), Duration::from_secs(5)),
             buffered: 0,
+            budget,
             confirmed,
             rounds: 0,
         }
@@ -191,6 +199,7 @@ impl Engine {
 
     fn done(&mut self, ev: &Event) {
         self.buffered = self.buffered.saturating_sub(1);
+        self.budget.release(ev.bytes);
         if let Ok(i) = self.books.binary_search_by_key(&ev.txn, |b| b.id) {
             let b = &mut self.books[i];
             b.outstanding = b.outstanding.saturating_sub(1);
@@ -245,7 +254,8 @@ impl Engine {
     fn admit(&mut self, id: u64, now: Instant, ev: Event, batch: &mut Vec<Event>) {
         let key = chain_key(&ev.record);
         match self.parked.get_mut(&key) {
-            Some(pk) if pk.round == Some(id) => batch.push(ev),
+            // (A queue left behind this round keeps its place before `ev`.)
+            Some(pk) if pk.round == Some(id) && pk.queue.is_empty() => batch.push(ev),
             Some(pk) => pk.queue.push_back(ev),
             None => {
                 self.parked.insert(
@@ -276,21 +286,38 @@ impl Engine {
             .filter(|(_, v)| v.round.is_none() && v.due <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        // Up to `max_round_bytes` (the first event always goes): an aggregate cut short keeps
+        // the rest of its queue behind this round.
+        let cap = p.config.max_round_bytes;
+        let mut bytes = 0u64;
         for k in due {
-            if let Some(parked) = self.parked.remove(&k) {
-                batch.extend(parked.queue);
-                self.parked.insert(
-                    k,
-                    Parked {
-                        due: now,
-                        queue: VecDeque::new(),
-                        round: Some(id),
-                    },
-                );
+            if !batch.is_empty() && bytes >= cap {
+                break;
             }
+            let Some(mut parked) = self.parked.remove(&k) else {
+                continue;
+            };
+            let mut n = 0;
+            for ev in &parked.queue {
+                if (n > 0 || !batch.is_empty()) && bytes >= cap {
+                    break;
+                }
+                bytes += ev.bytes;
+                n += 1;
+            }
+            let rest = parked.queue.split_off(n);
+            batch.extend(parked.queue);
+            self.parked.insert(
+                k,
+                Parked {
+                    due: now,
+                    queue: rest,
+                    round: Some(id),
+                },
+            );
         }
         let mut candidates: Vec<Event> = Vec::new();
-        while batch.len() < p.config.batch_size {
+        while batch.len() < p.config.batch_size && (batch.is_empty() || bytes < cap) {
             let Some(mut ev) = self.ready.pop_front() else {
                 break;
             };
@@ -307,7 +334,7 @@ impl Engine {
                 continue;
             }
             if let Some(parked) = self.parked.get_mut(&chain_key(&ev.record)) {
-                if parked.round != Some(id) {
+                if parked.round != Some(id) || !parked.queue.is_empty() {
                     parked.queue.push_back(ev);
                     continue;
                 }
@@ -316,7 +343,11 @@ impl Engine {
                 candidates.push(ev);
                 continue;
             }
+            let (size, before) = (ev.bytes, batch.len());
             self.admit(id, now, ev, &mut batch);
+            if batch.len() > before {
+                bytes += size;
+            }
         }
         if !candidates.is_empty() {
             let aggregates = candidates.iter().map(Event::origin_key);
@@ -533,20 +564,19 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::SinkError;
 
     fn ev(txn: u64) -> Event {
-        Event {
-            txn,
-            record: placeholder(),
-            origin: None,
-            invalid: None,
-            attempts: 0,
-        }
+        Event::new(txn, placeholder(), None, None)
+    }
+
+    fn engine(confirmed: u64) -> Engine {
+        Engine::new(confirmed, Arc::new(Budget::default()))
     }
 
     #[test]
     fn confirmation_waits_for_every_earlier_event() {
-        let mut e = Engine::new(10);
+        let mut e = engine(10);
         e.apply(Item::Events(vec![ev(1), ev(1)]));
         e.apply(Item::Commit {
             txn: 1,
@@ -596,6 +626,7 @@ mod tests {
             batch_size: 2,
             max_in_flight: 8,
             max_buffered: 100,
+            max_round_bytes: u64::MAX,
             retry: RetryPolicy::default(),
             dead_letters_block: true,
             dead_letter_sql: String::new(),
@@ -608,7 +639,7 @@ mod tests {
             config: &config,
         };
         let mut blocked = Blocked::new();
-        let mut e = Engine::new(0);
+        let mut e = engine(0);
         e.apply(Item::Events(vec![keyed(1, "a"), keyed(1, "a")]));
         e.apply(Item::Commit {
             txn: 1,
@@ -641,9 +672,103 @@ mod tests {
         assert_eq!(stats.snapshot().delivered, 4);
     }
 
+    /// Fails every publish while `down` is set.
+    #[derive(Default)]
+    struct Flaky {
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Flaky {
+        async fn publish(&self, _: &crate::message::Message) -> Result<(), SinkError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(SinkError::retryable("down"));
+            }
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn rounds_stop_at_their_byte_cap_and_keep_each_aggregate_in_order() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let (router, stats, sink) = (
+            Router::default(),
+            Arc::new(Stats::default()),
+            Flaky::default(),
+        );
+        let budget = Arc::new(Budget::new(u64::MAX, metrics::Gauge::noop()));
+        let mut e = Engine::new(0, budget.clone());
+        let events: Vec<Event> = (1..=4)
+            .map(|n| {
+                let mut ev = keyed(1, "a");
+                ev.record.payload = n.to_string();
+                ev
+            })
+            .collect();
+        let size = events[0].bytes;
+        for ev in &events {
+            budget.take(ev.bytes);
+        }
+        e.apply(Item::Events(events));
+        e.apply(Item::Commit {
+            txn: 1,
+            end_lsn: 10,
+        });
+        let config = |cap: u64| EngineConfig {
+            batch_size: 100,
+            max_in_flight: 8,
+            max_buffered: 100,
+            max_round_bytes: cap,
+            retry: RetryPolicy {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+                max_attempts: 100,
+                jitter: 0.0,
+            },
+            dead_letters_block: true,
+            dead_letter_sql: String::new(),
+        };
+        let (two, one) = (config(2 * size), config(size));
+        let parts = |config| Parts {
+            pool: &pool,
+            sink: &sink,
+            router: &router,
+            stats: &stats,
+            config,
+        };
+        let mut blocked = Blocked::new();
+        let payloads =
+            |r: &Round| -> Vec<String> { r.records.iter().map(|r| r.payload.clone()).collect() };
+        // Two events fit the cap; the sink is down: both wait for a retry.
+        sink.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let p = parts(&two);
+        let round = e.form(&p, &mut blocked).await.unwrap();
+        assert_eq!(payloads(&round), ["1", "2"]);
+        let (round, out) = round.deliver(&p).await;
+        e.finish(&p, &mut blocked, round, out).await;
+        sink.down.store(false, std::sync::atomic::Ordering::Relaxed);
+        // With one event per round, the retry is cut short and the rest follow in order.
+        let p = parts(&one);
+        let mut seen = Vec::new();
+        while let Some(round) = e.form(&p, &mut blocked).await {
+            assert_eq!(round.records.len(), 1, "one event per round");
+            seen.extend(payloads(&round));
+            let (round, out) = round.deliver(&p).await;
+            e.finish(&p, &mut blocked, round, out).await;
+        }
+        assert_eq!(seen, ["1", "2", "3", "4"]);
+        assert_eq!(e.advance(), Some(10));
+        assert_eq!(budget.used(), 0, "every byte taken was released");
+    }
+
     #[test]
     fn an_open_transaction_holds_the_position_back() {
-        let mut e = Engine::new(0);
+        let mut e = engine(0);
         e.apply(Item::Position { txn: 1, lsn: 50 });
         assert_eq!(e.advance(), Some(50));
         e.apply(Item::Events(vec![ev(2)]));

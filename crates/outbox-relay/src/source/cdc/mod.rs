@@ -39,13 +39,16 @@ mod connect;
 pub mod connector;
 mod engine;
 pub mod pgoutput;
+mod pressure;
 mod reader;
 mod rows;
 mod session;
+mod state;
 
 pub use config::CdcOptions;
 pub use connector::Connector;
 pub use rows::CdcRouting;
-pub use session::{CdcRelay, CdcState};
+pub use session::CdcRelay;
+pub use state::CdcState;
 
 pub use crate::store::replication::{ReplicationSlot, TableName};

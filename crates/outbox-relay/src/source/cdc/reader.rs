@@ -2,7 +2,13 @@
 //! `pgoutput`, assembles transactions, maps their rows (contract columns or Debezium's
 //! EventRouter) and hands [`Item`]s to the engine in commit order, through a bounded channel;
 //! confirmed LSNs come back and go to the server as standby status updates.
+//!
+//! Every event it makes is counted in the session's byte [`Budget`]: while the budget is full
+//! the reader takes nothing more from the stream (the replication client's small queue fills,
+//! then it stops reading the socket and keeps sending standby status updates, so the server
+//! keeps the connection), and it warns once when that lasts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
@@ -11,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Item;
 use super::pgoutput::{self, PgOutput};
+use super::pressure::Budget;
 use super::rows::{self, Commit, RowMapper, Target};
 use crate::error::Error;
 use crate::route::debezium::InvalidOperation;
@@ -45,6 +52,7 @@ struct Assembler {
     open: Option<(Commit, Vec<rows::Event>)>,
     last_pos: u64,
     updates: Throttle,
+    budget: Arc<Budget>,
 }
 
 /// Events per chunk handed to the engine.
@@ -110,8 +118,10 @@ impl Assembler {
                     PgOutput::Insert { relation, new } => {
                         if let Some((commit, buf)) = &mut self.open {
                             if let Some(e) = self.mapper.insert(relation, &new, commit) {
+                                self.budget.take(e.bytes);
                                 buf.push(e);
-                                if buf.len() >= CHUNK {
+                                // A full budget stops the reading: what is read goes on.
+                                if buf.len() >= CHUNK || self.budget.is_full() {
                                     self.flush(out);
                                 }
                             }
@@ -170,16 +180,33 @@ impl Assembler {
     }
 }
 
+/// How long the budget may hold the reader before that is worth a warning (a drain into a
+/// slower sink fills it for moments; a sink that is down fills it for good).
+const HELD_WARNING: Duration = Duration::from_secs(5);
+
+/// The reader's ends: the engine's channel, confirmed LSNs, the stop signal, the budget.
+pub(super) struct ReaderLinks {
+    pub items: mpsc::Sender<Item>,
+    pub confirm: watch::Receiver<u64>,
+    pub stop: CancellationToken,
+    pub status_interval: Duration,
+    pub budget: Arc<Budget>,
+}
+
 /// The reader task: replication events → items, confirmed LSNs → standby status updates.
 pub(super) async fn read(
     mut client: ReplicationClient,
     mapper: RowMapper,
     invalid_op: InvalidOperation,
-    items: mpsc::Sender<Item>,
-    mut confirm: watch::Receiver<u64>,
-    stop: CancellationToken,
-    status_interval: Duration,
+    links: ReaderLinks,
 ) -> Result<(), Error> {
+    let ReaderLinks {
+        items,
+        mut confirm,
+        stop,
+        status_interval,
+        budget,
+    } = links;
     let metrics = client.metrics();
     let mut asm = Assembler {
         mapper,
@@ -191,10 +218,30 @@ pub(super) async fn read(
             last: None,
             suppressed: 0,
         },
+        budget: budget.clone(),
     };
+    // Since when the full budget holds the reader back, and whether that was logged.
+    let mut held: Option<tokio::time::Instant> = None;
+    let mut warned = false;
     let mut pending: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
     let mut out: Vec<Item> = Vec::new();
     let result = loop {
+        let full = budget.is_full();
+        match (full, held) {
+            (true, None) => held = Some(tokio::time::Instant::now()),
+            (false, Some(since)) => {
+                held = None;
+                if std::mem::take(&mut warned) {
+                    tracing::info!(
+                        held_for = ?since.elapsed(),
+                        buffered_bytes = budget.used(),
+                        "CDC buffer has room again; reading from the replication slot"
+                    );
+                }
+            }
+            _ => {}
+        }
+        let warn_at = held.map(|t| t + HELD_WARNING);
         tokio::select! {
             biased;
             _ = stop.cancelled() => break Ok(()),
@@ -212,7 +259,18 @@ pub(super) async fn read(
                 }
                 Err(_) => break Ok(()),
             },
-            ev = client.recv(), if pending.len() < 8 => match ev {
+            _ = budget.room(), if full => {}
+            _ = async { if let Some(t) = warn_at { tokio::time::sleep_until(t).await } }, if full && !warned => {
+                warned = true;
+                tracing::warn!(
+                    buffered_bytes = budget.used(),
+                    max_buffer_bytes = budget.limit(),
+                    "CDC buffer is full (is the sink down or slow?): reading no further from the \
+                     replication slot until events are delivered; the slot's lag and retained WAL \
+                     grow meanwhile"
+                );
+            }
+            ev = client.recv(), if pending.len() < 8 && !full => match ev {
                 Ok(Some(ev)) => {
                     if let Err(e) = asm.handle(ev, &mut out) {
                         break Err(e);

@@ -41,6 +41,9 @@ pub(crate) struct Event {
     pub invalid: Option<String>,
     /// Failed attempts so far (in memory).
     pub attempts: u32,
+    /// Memory the event holds, counted against the session's byte budget from the moment
+    /// it is made until it is done.
+    pub bytes: u64,
 }
 
 impl Event {
@@ -49,11 +52,37 @@ impl Event {
         self.origin.as_deref().unwrap_or(&self.record)
     }
 
+    /// An event with its memory counted.
+    pub fn new(txn: u64, record: Record, origin: Option<Record>, invalid: Option<String>) -> Self {
+        let bytes = std::mem::size_of::<Event>()
+            + record_bytes(&record)
+            + origin.as_ref().map_or(0, record_bytes)
+            + invalid.as_ref().map_or(0, String::len);
+        Event {
+            txn,
+            record,
+            origin: origin.map(Box::new),
+            invalid,
+            attempts: 0,
+            bytes: bytes as u64,
+        }
+    }
+
     /// The aggregate dead letters block: (aggregate_type, aggregate_id) of the row.
     pub fn origin_key(&self) -> (String, String) {
         let o = self.origin();
         (o.aggregate_type.clone(), o.aggregate_id.clone())
     }
+}
+
+/// Heap and inline bytes of a record (its strings: payload, headers, ids).
+fn record_bytes(r: &Record) -> usize {
+    std::mem::size_of::<Record>()
+        + r.aggregate_type.len()
+        + r.aggregate_id.len()
+        + r.event_type.len()
+        + r.payload.len()
+        + r.headers.as_ref().map_or(0, String::len)
 }
 
 /// The commit a row belongs to.
@@ -320,12 +349,8 @@ impl RowMapper {
                 _ => None,
             })
             .collect();
-        let event = |record: Record, origin: Option<Record>, invalid: Option<String>| Event {
-            txn: commit.txn,
-            record,
-            origin: origin.map(Box::new),
-            invalid,
-            attempts: 0,
+        let event = |record: Record, origin: Option<Record>, invalid: Option<String>| {
+            Event::new(commit.txn, record, origin, invalid)
         };
         let mapping = match &map.mapping {
             Ok(m) => m,

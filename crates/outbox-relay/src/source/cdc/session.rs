@@ -4,7 +4,7 @@
 //! [`Engine`], rounds are delivered, heartbeats and lag measurements happen on the side, and
 //! the confirmed LSN goes back to the reader.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::config::CdcOptions;
 use super::connect::{self, busy_pid, replication_config, wire_error};
 use super::engine::{Engine, EngineConfig, Item, Parts};
-use super::reader::read;
+use super::pressure::Budget;
+use super::reader::{read, ReaderLinks};
 use super::rows::{self, CdcRouting, RowMapper};
+use super::state::CdcState;
 use crate::error::Error;
 use crate::health::{CdcPhase, Change};
 use crate::retry::Backoff;
@@ -35,45 +37,6 @@ use crate::store::Store;
 /// more are safe; with NATS JetStream on a 2-core machine two rounds measured slower (about
 /// 40k/s against 47-52k/s: twice the publishes in flight for the same broker), so one it is.
 const ROUNDS_IN_FLIGHT: usize = 1;
-
-/// Live state of a CDC relay, readable at any time.
-#[derive(Debug, Default)]
-pub struct CdcState {
-    confirmed: AtomicU64,
-    lag: AtomicI64,
-    retained: AtomicI64,
-    streaming: AtomicBool,
-    sessions: AtomicU64,
-    heartbeats: AtomicU64,
-}
-
-impl CdcState {
-    /// The LSN confirmed to the slot (as a number).
-    pub fn confirmed_lsn(&self) -> u64 {
-        self.confirmed.load(Ordering::Relaxed)
-    }
-    /// The replication lag in bytes at the last measurement (-1 before the first).
-    pub fn lag_bytes(&self) -> i64 {
-        self.lag.load(Ordering::Relaxed)
-    }
-    /// WAL bytes the server retained for the slot at the last measurement (-1 before the
-    /// first).
-    pub fn retained_wal_bytes(&self) -> i64 {
-        self.retained.load(Ordering::Relaxed)
-    }
-    /// Whether this relay holds the slot and streams from it.
-    pub fn is_streaming(&self) -> bool {
-        self.streaming.load(Ordering::Relaxed)
-    }
-    /// Replication sessions started so far.
-    pub fn sessions(&self) -> u64 {
-        self.sessions.load(Ordering::Relaxed)
-    }
-    /// Heartbeats written into the WAL so far.
-    pub fn heartbeats(&self) -> u64 {
-        self.heartbeats.load(Ordering::Relaxed)
-    }
-}
 
 /// A CDC relay: one replication session on one slot, delivering to one sink.
 pub struct CdcRelay {
@@ -108,10 +71,11 @@ impl CdcRelay {
             CdcRouting::Router(r) => r.clone(),
             CdcRouting::EventRouter(_) => rows::prerouted_router(),
         };
-        let state = CdcState::default();
-        state.lag.store(-1, Ordering::Relaxed);
-        state.retained.store(-1, Ordering::Relaxed);
         let stats = Stats::new("cdc", &crate::sink::kind(&*sink));
+        let state = CdcState::new(Arc::new(Budget::new(
+            options.max_buffer_bytes,
+            stats.buffer_bytes_gauge(),
+        )));
         stats.health().set_cdc(CdcPhase::Connecting);
         CdcRelay {
             store,
@@ -386,6 +350,8 @@ impl CdcRelay {
         self.stats.health().set_cdc(CdcPhase::Streaming);
         tracing::info!(slot = %self.options.slot, from = %replication::format_lsn(start), "streaming changes");
 
+        // Whatever the last session read is gone with it.
+        self.state.buffer.reset();
         let (item_tx, item_rx) = mpsc::channel::<Item>(64);
         let (confirm_tx, confirm_rx) = watch::channel(start);
         let stop = CancellationToken::new();
@@ -397,10 +363,13 @@ impl CdcRelay {
             client,
             RowMapper::new(self.routing.clone(), self.options.tables.clone()),
             invalid_op,
-            item_tx,
-            confirm_rx,
-            stop.clone(),
-            self.options.status_interval,
+            ReaderLinks {
+                items: item_tx,
+                confirm: confirm_rx,
+                stop: stop.clone(),
+                status_interval: self.options.status_interval,
+                budget: self.state.buffer.clone(),
+            },
         ));
         let ctx = SessionCtx {
             pool,
@@ -441,6 +410,8 @@ impl CdcRelay {
             batch_size: self.options.batch_size,
             max_in_flight: self.options.max_in_flight,
             max_buffered: self.options.max_buffered,
+            // The sink holds a routed copy of each event out: a quarter of the budget.
+            max_round_bytes: (self.options.max_buffer_bytes / 4).max(1),
             retry: self.options.retry.clone(),
             dead_letters_block: self.options.dead_letters_block,
             dead_letter_sql: dead_sql.to_string(),
@@ -452,7 +423,7 @@ impl CdcRelay {
             stats: &self.stats,
             config: &config,
         };
-        let mut engine = Engine::new(start);
+        let mut engine = Engine::new(start, self.state.buffer.clone());
         // Last time a transaction came through (keep-alive positions do not count: a heartbeat
         // also proves the stream works end to end).
         let mut last_item = tokio::time::Instant::now();
@@ -542,20 +513,7 @@ impl CdcRelay {
                     let (pool, state, slot_name) = (pool.clone(), self.state.clone(), self.options.slot.clone());
                     let buffered = engine.buffered();
                     let max_retained = i64::try_from(self.options.max_retained_wal).unwrap_or(i64::MAX);
-                    tokio::spawn(async move {
-                        match replication::slot_state(&pool, &slot_name).await {
-                            Ok(Some(s)) => {
-                                state.lag.store(s.lag_bytes, Ordering::Relaxed);
-                                state.retained.store(s.retained_wal_bytes, Ordering::Relaxed);
-                                tracing::info!(slot = %slot_name, lag_bytes = s.lag_bytes, retained_wal_bytes = s.retained_wal_bytes, confirmed = %replication::format_lsn(s.confirmed_flush), buffered, "replication lag");
-                                if s.retained_wal_bytes > max_retained {
-                                    tracing::warn!(slot = %slot_name, retained_wal_bytes = s.retained_wal_bytes, max_retained_wal = max_retained, "the replication slot retains more WAL than cdc.max_retained_wal");
-                                }
-                            }
-                            Ok(None) => tracing::warn!(slot = %slot_name, "replication slot disappeared"),
-                            Err(e) => tracing::debug!(error = %e, "measuring the replication lag failed"),
-                        }
-                    });
+                    tokio::spawn(async move { state.measure(&pool, &slot_name, max_retained, buffered).await });
                 }
                 _ = refresh.tick(), if config.dead_letters_block => {
                     // Dead letters purged or replayed elsewhere let their aggregates go.
