@@ -6,8 +6,9 @@
 //! their way to the engine, the engine's queues, retries and the round out. The reader stops
 //! reading from the replication stream while the budget is full (PostgreSQL keeps the WAL;
 //! the replication client keeps sending standby status updates), and reads on once events
-//! are done. The first event is always admitted, so one event larger than the bound still
-//! goes through: the budget never holds more than its bound plus one event.
+//! are done, once it is down to three quarters of its bound (so it reads in bursts, not an
+//! event at a time). The first event is always admitted, so one event larger than the bound
+//! still goes through: the budget never holds more than its bound plus one event.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -20,6 +21,8 @@ pub(crate) struct Budget {
     used: AtomicU64,
     peak: AtomicU64,
     limit: u64,
+    /// A reader held back by a full budget reads again below this.
+    resume: u64,
     room: Notify,
     gauge: Gauge,
 }
@@ -33,10 +36,12 @@ impl Default for Budget {
 impl Budget {
     /// A budget of `limit` bytes (at least 1), reported to `gauge`.
     pub fn new(limit: u64, gauge: Gauge) -> Self {
+        let limit = limit.max(1);
         Budget {
             used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
-            limit: limit.max(1),
+            limit,
+            resume: limit - limit / 4,
             room: Notify::new(),
             gauge,
         }
@@ -58,7 +63,7 @@ impl Budget {
             })
             .unwrap_or_default();
         let now = before.saturating_sub(bytes);
-        if before >= self.limit && now < self.limit {
+        if before >= self.resume && now < self.resume {
             // Stored when nobody waits yet, so a reader about to wait still wakes.
             self.room.notify_one();
         }
@@ -77,8 +82,14 @@ impl Budget {
         self.used.load(Ordering::Acquire) >= self.limit
     }
 
-    /// Resolves once an event was done after the budget was full (may resolve early: check
-    /// [`Budget::is_full`] again).
+    /// Whether a reader may read: below the bound, or, once `held` back by a full budget,
+    /// below three quarters of it.
+    pub fn may_read(&self, held: bool) -> bool {
+        self.used.load(Ordering::Acquire) < if held { self.resume } else { self.limit }
+    }
+
+    /// Resolves once events were done after the budget was full (may resolve early: check
+    /// [`Budget::may_read`] again).
     pub async fn room(&self) {
         self.room.notified().await
     }
@@ -124,16 +135,22 @@ mod tests {
             b.is_full(),
             "one event past the bound is admitted, then it is full"
         );
+        assert!(!b.may_read(true) && !b.may_read(false));
         let waiter = {
             let b = b.clone();
             tokio::spawn(async move {
-                while b.is_full() {
+                while !b.may_read(true) {
                     b.room().await;
                 }
                 b.used()
             })
         };
-        b.release(60);
+        b.release(40);
+        assert!(
+            b.may_read(false) && !b.may_read(true),
+            "80: under the bound, not 3/4"
+        );
+        b.release(20);
         let used = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("the reader wakes")

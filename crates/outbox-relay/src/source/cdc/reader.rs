@@ -226,7 +226,7 @@ pub(super) async fn read(
     let mut pending: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
     let mut out: Vec<Item> = Vec::new();
     let result = loop {
-        let full = budget.is_full();
+        let full = !budget.may_read(held.is_some());
         match (full, held) {
             (true, None) => held = Some(tokio::time::Instant::now()),
             (false, Some(since)) => {
