@@ -254,6 +254,15 @@ impl NatsSink {
 impl Sink for NatsSink {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
         validate_subject(&message.topic)?;
+        // While the client is disconnected a publish would be queued in the client until the
+        // reconnect (a copy of every failed round's messages) and time out anyway: fail at
+        // once instead, as an outage, and hold no copy.
+        if self.js.client().connection_state() == async_nats::connection::State::Disconnected {
+            return Err(SinkError::unavailable(format!(
+                "NATS {}: not connected",
+                self.url
+            )));
+        }
         // Optimistic: publish, and only when no stream captures the subject (the server answers
         // "no responders" at once) create or extend the stream and publish again.
         match self.send(message, headers(message)?).await {
