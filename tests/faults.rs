@@ -1,0 +1,251 @@
+//! The fault suite: the `outbox` binary's relays under SIGKILLs, broker and database outages,
+//! connection cuts and refused credentials, while a writer keeps committing events.
+//!
+//! Every scenario runs its own private servers (PostgreSQL with TLS and `wal_level = logical`,
+//! NATS with JetStream, a cutting TCP proxy in front of each for the relays) and never touches
+//! the shared services. It runs a poll lane and a CDC lane side by side (each its own database,
+//! writer, relays and stream or webhook receiver) and judges from the broker's side: every
+//! event written arrived at least once (0 lost), each aggregate's first deliveries came in the
+//! order they were written (0 order violations), nothing went to `outbox_dead_letter`;
+//! duplicates are counted and reported. Each lane prints one line: events, faults injected,
+//! lost, order violations, duplicates, dead letters, peak RSS of its relay processes.
+//!
+//! Two forms. The short one is what `cargo test` runs (CI): a few kills, 5 s outages (still
+//! longer than the relays' whole retry budget). The full one:
+//!
+//! ```text
+//! OUTBOX_FAULTS=full cargo test --release --test faults -- --nocapture --test-threads 1
+//! ```
+//!
+//! (≥ 30 SIGKILLs across three poll relays and ≥ 8 of the CDC relay, NATS stopped 60 s,
+//! PostgreSQL stopped 15 s, 90 s of connection cuts, 30 s of 401s.)
+//! `OUTBOX_FAULTS_VERBOSE=1` narrates the stream readers' reconnections.
+
+mod faults {
+    pub mod collect;
+    pub mod lane;
+    pub mod profile;
+    pub mod relays;
+    pub mod writer;
+}
+
+use std::time::Duration;
+
+use faults::lane::{Lane, Scenario, Source, Target};
+use faults::profile::{random_ms, retry_budget};
+use outbox_testkit::require;
+
+/// Three poll relays and one CDC relay, SIGKILLed at random moments (the victim chosen at
+/// random among the poll relays) and started again after up to half a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkills() {
+    let mut s = require!(
+        Scenario::start(
+            "sigkills",
+            &[
+                (Source::Poll, 3, Target::Nats),
+                (Source::Cdc, 1, Target::Nats)
+            ],
+        )
+        .await
+    );
+    s.flowing().await;
+    let p = s.profile;
+    let (poll, cdc) = s.lanes.split_at_mut(1);
+    let (poll, cdc) = (&mut poll[0], &mut cdc[0]);
+    tokio::join!(
+        kill_at_random(poll, p.poll_kills, p.poll_kill_gap),
+        kill_at_random(cdc, p.cdc_kills, p.cdc_kill_gap)
+    );
+    s.flowing().await;
+    s.finish().await;
+}
+
+/// SIGKILLs `kills` relays of `lane`, each after a random pause of `gap` and once the lane
+/// delivered something since the last one (every kill hits a relay at work); each victim starts
+/// again after up to half a second.
+async fn kill_at_random(lane: &mut Lane, kills: usize, gap: (u64, u64)) {
+    for _ in 0..kills {
+        let before = lane.deliveries.distinct();
+        tokio::time::sleep(random_ms(gap)).await;
+        assert!(
+            lane.deliveries
+                .wait_distinct(before + 20, Duration::from_secs(120))
+                .await,
+            "{} delivers again after a SIGKILL",
+            lane.name
+        );
+        assert!(lane.relays.kill_random(random_ms((0, 500))).await);
+    }
+}
+
+/// NATS stopped (gracefully: its store survives) for longer than the relays' whole retry
+/// budget, then started again on the same port: nothing dead-lettered, all delivered after.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_outage() {
+    let mut s = require!(
+        Scenario::start(
+            "nats_outage",
+            &[
+                (Source::Poll, 2, Target::Nats),
+                (Source::Cdc, 1, Target::Nats)
+            ],
+        )
+        .await
+    );
+    let outage = s.profile.nats_outage;
+    assert!(
+        outage > retry_budget(),
+        "the outage outlasts the retry budget"
+    );
+    s.flowing().await;
+    s.servers.nats.stop().await;
+    s.fault(1, "NATS stopped");
+    tokio::time::sleep(outage).await;
+    s.servers
+        .nats
+        .start_again()
+        .await
+        .expect("NATS starts again");
+    s.flowing().await;
+    s.finish().await;
+}
+
+/// PostgreSQL restarted (`pg_ctl restart -m fast`), then stopped for a while, each time while
+/// the relays drain a backlog.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restart_and_stop() {
+    let mut s = require!(
+        Scenario::start(
+            "postgres",
+            &[
+                (Source::Poll, 2, Target::Nats),
+                (Source::Cdc, 1, Target::Nats)
+            ],
+        )
+        .await
+    );
+    s.flowing().await;
+    mid_drain(&s).await;
+    s.servers
+        .pg
+        .restart_fast()
+        .await
+        .expect("pg_ctl restart -m fast");
+    s.fault(1, "PostgreSQL restarted");
+    s.flowing().await;
+    mid_drain(&s).await;
+    s.servers.pg.stop_fast().await.expect("pg_ctl stop -m fast");
+    s.fault(1, "PostgreSQL stopped");
+    tokio::time::sleep(s.profile.pg_stop).await;
+    s.servers
+        .pg
+        .start_again()
+        .await
+        .expect("PostgreSQL starts again");
+    s.flowing().await;
+    s.finish().await;
+}
+
+/// Writes a backlog in every lane and returns once the relays are draining it (a hundred of it
+/// arrived), with most of it still to go; prints how much.
+async fn mid_drain(s: &Scenario) {
+    for lane in &s.lanes {
+        let before = lane.deliveries.distinct();
+        lane.burst(s.profile.burst).await;
+        assert!(
+            lane.deliveries
+                .wait_distinct(before + 100, Duration::from_secs(60))
+                .await,
+            "{} drains the backlog",
+            lane.name
+        );
+    }
+    let behind: Vec<String> = s
+        .lanes
+        .iter()
+        .map(|l| format!("{} has {} delivered", l.name, l.deliveries.distinct()))
+        .collect();
+    faults::collect::note(&format!("fault mid-drain: {}", behind.join(", ")));
+}
+
+/// Connections to NATS and to PostgreSQL cut at random (every connection through the proxy
+/// closed, new ones refused for 0.1–1 s), again and again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cuts() {
+    let mut s = require!(
+        Scenario::start(
+            "cuts",
+            &[
+                (Source::Poll, 2, Target::Nats),
+                (Source::Cdc, 1, Target::Nats)
+            ],
+        )
+        .await
+    );
+    s.flowing().await;
+    let end = tokio::time::Instant::now() + s.profile.cuts_for;
+    let mut cuts = 0;
+    while tokio::time::Instant::now() < end {
+        let proxy = if fastrand::bool() {
+            &s.servers.pg_proxy
+        } else {
+            &s.servers.nats_proxy
+        };
+        proxy.cut().await;
+        tokio::time::sleep(random_ms((100, 1000))).await;
+        proxy.restore().await;
+        cuts += 1;
+        tokio::time::sleep(random_ms((200, 1500))).await;
+    }
+    s.fault(cuts, "connections cut");
+    s.flowing().await;
+    s.finish().await;
+}
+
+/// The webhook refuses the relays' credentials (401) for longer than their retry budget, then
+/// accepts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_refuses_credentials() {
+    let mut s = require!(
+        Scenario::start(
+            "webhook_401",
+            &[
+                (Source::Poll, 2, Target::Webhook),
+                (Source::Cdc, 1, Target::Webhook)
+            ],
+        )
+        .await
+    );
+    let refuse = s.profile.refuse_for;
+    assert!(
+        refuse > retry_budget(),
+        "the refusal outlasts the retry budget"
+    );
+    s.flowing().await;
+    for lane in &s.lanes {
+        lane.receiver
+            .as_ref()
+            .expect("a webhook lane")
+            .refuse_for(refuse);
+    }
+    s.fault(1, "webhook answering 401");
+    tokio::time::sleep(refuse).await;
+    let refused: Vec<String> = s
+        .lanes
+        .iter()
+        .map(|l| {
+            format!(
+                "{}: {}",
+                l.name,
+                l.receiver.as_ref().map_or(0, |r| r.refused())
+            )
+        })
+        .collect();
+    println!(
+        "webhook_401: requests refused with 401 — {}",
+        refused.join(", ")
+    );
+    s.flowing().await;
+    s.finish().await;
+}
