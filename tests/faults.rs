@@ -126,7 +126,7 @@ async fn postgres_restart_and_stop() {
         .await
     );
     s.flowing().await;
-    mid_drain(&s).await;
+    mid_drain(&s, "PostgreSQL restarted").await;
     s.servers
         .pg
         .restart_fast()
@@ -134,7 +134,7 @@ async fn postgres_restart_and_stop() {
         .expect("pg_ctl restart -m fast");
     s.fault(1, "PostgreSQL restarted");
     s.flowing().await;
-    mid_drain(&s).await;
+    mid_drain(&s, "PostgreSQL stopped").await;
     s.servers.pg.stop_fast().await.expect("pg_ctl stop -m fast");
     s.fault(1, "PostgreSQL stopped");
     tokio::time::sleep(s.profile.pg_stop).await;
@@ -148,8 +148,9 @@ async fn postgres_restart_and_stop() {
 }
 
 /// Writes a backlog in every lane and returns once the relays are draining it (a hundred of it
-/// arrived), with most of it still to go; prints how much.
-async fn mid_drain(s: &Scenario) {
+/// arrived); prints what is left of it, which `what` then hits.
+async fn mid_drain(s: &Scenario, what: &str) {
+    let mut left = Vec::new();
     for lane in &s.lanes {
         let before = lane.deliveries.distinct();
         lane.burst(s.profile.burst).await;
@@ -160,13 +161,13 @@ async fn mid_drain(s: &Scenario) {
             "{} drains the backlog",
             lane.name
         );
+        left.push(format!("{} {}", lane.backlog().await, lane.name));
     }
-    let behind: Vec<String> = s
-        .lanes
-        .iter()
-        .map(|l| format!("{} has {} delivered", l.name, l.deliveries.distinct()))
-        .collect();
-    faults::collect::note(&format!("fault mid-drain: {}", behind.join(", ")));
+    println!(
+        "{}: {what} with events still to deliver: {}",
+        s.name,
+        left.join(", ")
+    );
 }
 
 /// Connections to NATS and to PostgreSQL cut at random (every connection through the proxy
@@ -185,20 +186,24 @@ async fn connection_cuts() {
     );
     s.flowing().await;
     let end = tokio::time::Instant::now() + s.profile.cuts_for;
-    let mut cuts = 0;
+    let (mut to_pg, mut to_nats) = (0, 0);
     while tokio::time::Instant::now() < end {
         let proxy = if fastrand::bool() {
+            to_pg += 1;
             &s.servers.pg_proxy
         } else {
+            to_nats += 1;
             &s.servers.nats_proxy
         };
         proxy.cut().await;
         tokio::time::sleep(random_ms((100, 1000))).await;
         proxy.restore().await;
-        cuts += 1;
         tokio::time::sleep(random_ms((200, 1500))).await;
     }
-    s.fault(cuts, "connections cut");
+    s.fault(
+        to_pg + to_nats,
+        &format!("connections cut: {to_pg} to PostgreSQL, {to_nats} to NATS"),
+    );
     s.flowing().await;
     s.finish().await;
 }
