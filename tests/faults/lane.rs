@@ -198,6 +198,21 @@ impl Lane {
         }
     }
 
+    /// Waits (at most 120 s) until `distinct` events arrived; fails the test otherwise.
+    pub async fn delivers(&self, distinct: usize, what: &str) {
+        let arrived = self
+            .deliveries
+            .wait_distinct(distinct, Duration::from_secs(120))
+            .await;
+        assert!(
+            arrived,
+            "{}: {} events delivered, not {distinct} ({what}), within 120s\n{}",
+            self.name,
+            self.deliveries.distinct(),
+            self.relays.log_tails(20).await
+        );
+    }
+
     /// Events written but not received yet.
     pub async fn backlog(&self) -> i64 {
         let written: i64 = sqlx::query_scalar(
@@ -267,6 +282,11 @@ impl Lane {
     }
 }
 
+/// Creates the lane's stream as the NATS sink would, but with JetStream's duplicate window (2
+/// minutes by default, in which a redelivered `Nats-Msg-Id` is dropped) down to a tenth of a
+/// second, its floor: the stream then keeps nearly every redelivery (a relay redelivers after
+/// a SIGKILL, a lost acknowledgement or a failed commit, seconds later), and the duplicates
+/// counted are the relays' own, not what JetStream's deduplication would leave.
 async fn create_stream(url: &str, stream: &str, subject: &str) {
     let client = async_nats::connect(url)
         .await
@@ -275,6 +295,7 @@ async fn create_stream(url: &str, stream: &str, subject: &str) {
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream.to_string(),
             subjects: vec![subject.to_string()],
+            duplicate_window: Duration::from_millis(100),
             ..Default::default()
         })
         .await
@@ -332,7 +353,7 @@ pub struct Scenario {
 impl Scenario {
     /// Starts the servers and the lanes `(source, relays, target)`; `None` when a private
     /// server cannot run (reported: a failure with `OUTBOX_REQUIRE_SERVICES`, else a skip).
-    pub async fn start(name: &'static str, lanes: &[(Source, usize, Target)]) -> Option<Scenario> {
+    async fn start(name: &'static str, lanes: &[(Source, usize, Target)]) -> Option<Scenario> {
         let profile = Profile::from_env();
         let started = std::time::Instant::now();
         let servers = Servers::start(name).await?;
@@ -349,6 +370,25 @@ impl Scenario {
             what: Vec::new(),
             started,
         })
+    }
+
+    /// Starts a poll lane with `poll_relays` relays and a CDC lane with one, both delivering to
+    /// `target`, and returns once both deliver.
+    pub async fn running(
+        name: &'static str,
+        poll_relays: usize,
+        target: Target,
+    ) -> Option<Scenario> {
+        let s = Scenario::start(
+            name,
+            &[
+                (Source::Poll, poll_relays, target),
+                (Source::Cdc, 1, target),
+            ],
+        )
+        .await?;
+        s.flowing().await;
+        Some(s)
     }
 
     /// Counts `n` faults that hit every lane.
@@ -385,9 +425,11 @@ impl Scenario {
         }
     }
 
-    /// Stops the writers, waits for every event to arrive, prints one line per lane and
-    /// asserts 0 lost, 0 order violations, 0 dead letters.
+    /// Once the faults are over: waits until the lanes deliver again (writers running), stops
+    /// the writers, waits for every event to arrive, prints one line per lane and asserts 0
+    /// lost, 0 order violations, 0 dead letters.
     pub async fn finish(mut self) {
+        self.flowing().await;
         for lane in &mut self.lanes {
             lane.stop_writer().await;
         }

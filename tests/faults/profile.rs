@@ -96,10 +96,15 @@ const FULL: Profile = Profile {
 impl Profile {
     /// `OUTBOX_FAULTS=full` selects the full form; anything else the short one.
     pub fn from_env() -> Profile {
-        match std::env::var("OUTBOX_FAULTS").as_deref() {
+        let p = match std::env::var("OUTBOX_FAULTS").as_deref() {
             Ok("full") => FULL,
             _ => SHORT,
-        }
+        };
+        assert!(
+            p.nats_outage > retry_budget() && p.refuse_for > retry_budget(),
+            "every outage outlasts the relays' retry budget"
+        );
+        p
     }
 }
 
