@@ -165,7 +165,7 @@ impl Lane {
         let relay_url = servers.app_url(servers.pg_proxy.port(), &db);
         let relays = RelayPool::start(relays, &args, &relay_url, &servers.logs, name);
         if source == Source::Cdc {
-            // Events committed before the slot exists would never be streamed.
+            // Events committed before the slot reached its consistent point are not streamed.
             wait_for_slot(&admin, "faults").await;
         }
         let writer = Writer::start(admin.clone(), &aggregate_type, profile);
