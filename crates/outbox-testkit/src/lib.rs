@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+mod nats;
 mod postgres;
 mod proxy;
 mod tls;
+pub use nats::NatsServer;
 pub use postgres::{
     url_encode, PgServer, APP_PASSWORD, APP_USER, CERT_USER, MD5_PASSWORD, MD5_USER,
 };

@@ -2,7 +2,8 @@
 //! directory, TLS on with a certificate for `localhost` and `127.0.0.1` signed by a test CA,
 //! `wal_level = logical`, and a `pg_hba.conf` that accepts only TLS connections over TCP
 //! (SCRAM-SHA-256; one md5 user; one user authenticated by client certificate) and rejects
-//! every connection without TLS. Stopped (fast shutdown) and removed when dropped.
+//! every connection without TLS. Stopped (fast shutdown) and removed when dropped; a test can
+//! also stop it (`pg_ctl stop -m fast`) and start it again on the same port and data directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +34,10 @@ pub struct PgServer {
     pub tls: TlsFiles,
     /// The directory holding the data directory, the Unix socket and `server.log`.
     pub dir: PathBuf,
-    child: Child,
+    /// The postmaster's arguments (for starting it again).
+    args: Vec<String>,
+    /// The postmaster, while it runs.
+    child: Option<Child>,
 }
 
 /// The binaries' directory (`OUTBOX_TEST_PG_BIN`, else PostgreSQL 15's Debian location).
@@ -92,6 +96,22 @@ hostssl   all  all       127.0.0.0/8 scram-sha-256
 hostnossl all  all       0.0.0.0/0   reject
 hostnossl all  all       ::/0        reject
 ";
+
+/// The postmaster's settings besides its port, data directory and socket directory.
+const SETTINGS: &[&str] = &[
+    "listen_addresses=127.0.0.1,127.0.0.2",
+    "ssl=on",
+    "ssl_cert_file=server.crt",
+    "ssl_key_file=server.key",
+    "ssl_ca_file=ca.crt",
+    "wal_level=logical",
+    "max_wal_senders=10",
+    "max_replication_slots=10",
+    "password_encryption=scram-sha-256",
+    "fsync=off",
+    "synchronous_commit=off",
+    "shared_buffers=16MB",
+];
 
 impl PgServer {
     /// Starts a server; `None` (reported through [`crate::unavailable`]) when it cannot
@@ -178,57 +198,91 @@ impl PgServer {
                 .output();
         }
         let port = crate::free_port();
-        let log = std::fs::File::create(dir.join("server.log"))
-            .map_err(|e| cleanup(format!("server.log: {e}")))?;
-        let port_s = port.to_string();
-        let sock = format!("unix_socket_directories={}", dir.display());
         let args = [
-            "-D",
-            &data_s,
-            "-p",
-            &port_s,
-            "-c",
-            "listen_addresses=127.0.0.1,127.0.0.2",
-            "-c",
-            &sock,
-            "-c",
-            "ssl=on",
-            "-c",
-            "ssl_cert_file=server.crt",
-            "-c",
-            "ssl_key_file=server.key",
-            "-c",
-            "ssl_ca_file=ca.crt",
-            "-c",
-            "wal_level=logical",
-            "-c",
-            "max_wal_senders=10",
-            "-c",
-            "max_replication_slots=10",
-            "-c",
-            "password_encryption=scram-sha-256",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "shared_buffers=16MB",
-        ];
+            "-D".to_string(),
+            data_s,
+            "-p".to_string(),
+            port.to_string(),
+            "-c".to_string(),
+            format!("unix_socket_directories={}", dir.display()),
+        ]
+        .into_iter()
+        .chain(
+            SETTINGS
+                .iter()
+                .flat_map(|s| ["-c".to_string(), s.to_string()]),
+        )
+        .collect();
+        let mut server = PgServer {
+            port,
+            tls,
+            dir,
+            args,
+            child: None,
+        };
+        // Dropping the server from here on stops it and removes its directory.
+        server.spawn()?;
+        server.wait_ready().await?;
+        server.set_up().await?;
+        Ok(server)
+    }
+
+    /// Starts the postmaster (its output goes to `server.log`, appended).
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .map_err(|e| format!("server.log: {e}"))?;
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let child = as_postgres(&bin("postgres"), &args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| cleanup(format!("postgres: {e}")))?;
-        let mut server = PgServer {
-            port,
-            tls,
-            dir,
-            child,
-        };
-        server.wait_ready().await?;
-        server.set_up().await?;
-        Ok(server)
+            .map_err(|e| format!("postgres: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` does (it runs it, and waits): sessions are
+    /// ended, a shutdown checkpoint is written, nothing committed is lost.
+    pub async fn stop_fast(&mut self) -> Result<(), String> {
+        let data = self.dir.join("data").display().to_string();
+        let out = tokio::process::Command::from(as_postgres(
+            &bin("pg_ctl"),
+            &["stop", "-D", &data, "-m", "fast", "-w", "-t", "60"],
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("pg_ctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl stop -m fast failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        // pg_ctl waited for the postmaster to exit: reap it.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same port and data directory, and waits (at most
+    /// 30 s) until it accepts connections.
+    pub async fn start_again(&mut self) -> Result<(), String> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        self.wait_ready().await
+    }
+
+    /// `pg_ctl restart -m fast`: [`PgServer::stop_fast`], then [`PgServer::start_again`].
+    pub async fn restart_fast(&mut self) -> Result<(), String> {
+        self.stop_fast().await?;
+        self.start_again().await
     }
 
     /// The server's log so far (for failure messages).
@@ -239,7 +293,7 @@ impl PgServer {
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 return Err(format!("postgres exited ({status}): {}", self.log()));
             }
             let url = self.admin_url("postgres");
@@ -335,19 +389,22 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // SIGINT: fast shutdown (backends end, shared memory released), then SIGKILL if slow.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .output();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+        if let Some(mut child) = self.child.take() {
+            // SIGINT: fast shutdown (backends end, shared memory released), then SIGKILL if
+            // slow.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .output();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
