@@ -9,6 +9,7 @@ pub mod cdc;
 mod checks;
 pub mod connection;
 pub mod console;
+mod pg_text;
 mod postgres;
 pub mod replication;
 mod rows;

@@ -1,5 +1,6 @@
 //! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, safe with any number of relays.
 
+use super::pg_text::{as_bytes, not_utf8, text_columns_as_bytes};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -140,34 +141,6 @@ const NEXT_DUE: &str = "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now()):
 /// The claimed rows' text columns, as text (the fast path).
 const TEXT_COLUMNS: &str = "c.aggregate_type, c.aggregate_id, c.event_type, c.payload, c.headers";
 
-/// The same as their bytes: a `SQL_ASCII` database stores any bytes in text, and the server
-/// refuses to send text that is not UTF-8 to the relay (SQLSTATE 22021), failing the whole
-/// statement. After such a failure the claim runs again this way, and the rows are judged one
-/// by one.
-fn text_columns_as_bytes() -> String {
-    [
-        "aggregate_type",
-        "aggregate_id",
-        "event_type",
-        "payload",
-        "headers",
-    ]
-    .iter()
-    .map(|c| format!("{} AS {c}", as_bytes(&format!("c.{c}"))))
-    .collect::<Vec<_>>()
-    .join(", ")
-}
-
-/// SQL for the bytes of text expression `expr`, in UTF-8: converted from the database's
-/// encoding, except in a `SQL_ASCII` database, which has no encoding to convert from: there
-/// they are the bytes stored.
-fn as_bytes(expr: &str) -> String {
-    format!(
-        "convert_to({expr}, CASE current_setting('server_encoding') \
-         WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)"
-    )
-}
-
 /// The claim statement for one batch size, byte bound and partition; `bytes`: the text
 /// columns as bytes (see [`text_columns_as_bytes`]).
 fn claim_sql(limit: usize, max_bytes: u64, part: Partition, bytes: bool) -> String {
@@ -195,11 +168,6 @@ fn claim_sql(limit: usize, max_bytes: u64, part: Partition, bytes: bool) -> Stri
                 TEXT_COLUMNS.to_string()
             },
         )
-}
-
-/// The server could not send text as UTF-8 (`SQL_ASCII` databases).
-fn not_utf8(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("22021"))
 }
 
 pub(super) async fn claim(
