@@ -131,7 +131,7 @@ pub fn observe(records: &[Record], outcomes: &[Outcome], sink: &dyn Sink, stats:
         ),
         Some(Change::Up { after }) => tracing::info!(
             sink = %sink.describe(),
-            down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+            down_for = %humantime::format_duration(after),
             "sink reachable again; delivering"
         ),
         None => {}

@@ -151,7 +151,7 @@ impl PollSource {
         if let Some(Change::Up { after }) = self.stats.health().database(true) {
             tracing::info!(
                 database = %self.store.describe(),
-                down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+                down_for = %humantime::format_duration(after),
                 "database reachable again"
             );
         }

@@ -266,7 +266,7 @@ impl CdcRelay {
     fn database_answered(&self) {
         if let Some(Change::Up { after }) = self.stats.health().database(true) {
             tracing::info!(
-                down_for = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+                down_for = %humantime::format_duration(after),
                 "database reachable again"
             );
         }
