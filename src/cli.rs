@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     after_help = "Exit status: 0 success, 2 bad usage or configuration, 1 failure at run time."
 )]
 pub struct Cli {
-    /// Database holding the outbox table: postgres://user@host/db or sqlite:path.db
+    /// Database holding the outbox table: postgres://user@host/db, mysql://user@host/db
+    /// (MySQL 8.0+, MariaDB 10.6+) or sqlite:path.db
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -93,11 +94,13 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SIZE")]
     pub max_buffer_bytes: Option<bytesize::ByteSize>,
 
-    /// Claim loops running at once on PostgreSQL [default: 2].
+    /// Claim loops running at once on PostgreSQL and MySQL [default: 2].
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// Fallback poll interval when no notification arrives [default: 1s].
+    /// Longest wait between claims when idle: the fallback when no notification arrives on
+    /// PostgreSQL, the longest a new event waits on MySQL and SQLite [default: 1s; 100ms on
+    /// MySQL].
     #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub poll_interval: Option<std::time::Duration>,
 

@@ -26,7 +26,7 @@ pub fn database_url(cli: &Cli, file: &FileConfig) -> Result<String, CliError> {
         .ok_or_else(|| {
             CliError::usage(
                 "no database: pass --database-url or set DATABASE_URL \
-                 (postgres://user@host/db or sqlite:path.db)",
+                 (postgres://user@host/db, mysql://user@host/db or sqlite:path.db)",
             )
         })
 }
@@ -76,9 +76,19 @@ pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySett
     }
     let sink = sink_settings(args, file)?;
     let router = router(args, file)?;
-    let config = relay_config(args, file)?;
+    let mut config = relay_config(args, file)?;
+    let database_url = database_url(cli, file)?;
+    if args.poll_interval.is_none()
+        && file.relay.poll_interval.is_none()
+        && outbox_relay::store::Backend::from_url(&database_url)?
+            == outbox_relay::store::Backend::Mysql
+    {
+        // MySQL has no LISTEN/NOTIFY: an idle relay polls, and the poll interval is the
+        // longest a new event waits.
+        config.poll.poll_interval = outbox_relay::source::poll::POLL_ONLY_INTERVAL;
+    }
     Ok(RelaySettings::Poll(PollSettings {
-        database_url: database_url(cli, file)?,
+        database_url,
         listen: listen(args, file)?,
         console_token: args.console.token.clone(),
         sink,
@@ -386,13 +396,20 @@ mod cdc_settings {
                 )
             })?;
 
-        if outbox_relay::store::Backend::from_url(&database_url)?
-            == outbox_relay::store::Backend::Sqlite
-        {
-            return Err(CliError::usage(
-                "--source cdc needs PostgreSQL (logical replication); use --source poll with \
-                 SQLite",
-            ));
+        match outbox_relay::store::Backend::from_url(&database_url)? {
+            outbox_relay::store::Backend::Sqlite => {
+                return Err(CliError::usage(
+                    "--source cdc needs PostgreSQL (logical replication); use --source poll \
+                     with SQLite",
+                ))
+            }
+            outbox_relay::store::Backend::Mysql => {
+                return Err(CliError::usage(
+                    "--source cdc needs PostgreSQL (logical replication); CDC from the MySQL \
+                     binlog is not implemented: use --source poll with MySQL and MariaDB",
+                ))
+            }
+            outbox_relay::store::Backend::Postgres => {}
         }
 
         let defaults = CdcOptions::default();

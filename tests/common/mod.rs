@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-pub use outbox_testkit::{require, TestDb, TestNats};
+pub use outbox_testkit::{require, MysqlTestDb, TestDb, TestNats};
+
+pub mod mysql;
 
 /// Path of the `outbox` binary under test.
 pub fn bin() -> PathBuf {

@@ -28,8 +28,8 @@ pub use crate::source::cdc::{CdcOptions, CdcRelay};
 pub struct RelayConfig {
     /// How batches are claimed.
     pub poll: PollOptions,
-    /// Claim loops running at once (PostgreSQL; SQLite always uses one). Each holds a database
-    /// connection while its batch is in flight.
+    /// Claim loops running at once (PostgreSQL, MySQL; SQLite always uses one). Each holds a
+    /// database connection while its batch is in flight.
     pub workers: usize,
     /// Most publishes awaiting acknowledgement at once, per worker.
     pub max_in_flight: usize,
@@ -110,7 +110,7 @@ impl Relay {
         let wake = Wakeups::start(&self.store, listener_stop.clone()).await?;
         let workers = match self.store.backend() {
             Backend::Sqlite => 1,
-            Backend::Postgres => self.config.workers,
+            Backend::Postgres | Backend::Mysql => self.config.workers,
         };
         tracing::info!(
             sink = %self.sink.describe(),

@@ -1,15 +1,17 @@
 //! Helpers for integration tests against the real services on this machine.
 //!
-//! Every test gets its own PostgreSQL database, NATS stream and subjects, so tests run in
-//! parallel. When a service is unreachable, a test fails naming it if `OUTBOX_REQUIRE_SERVICES`
+//! Every test gets its own PostgreSQL (or MariaDB) database, NATS stream and subjects, so tests
+//! run in parallel. When a service is unreachable, a test fails naming it if `OUTBOX_REQUIRE_SERVICES`
 //! is set (CI sets it), and otherwise skips with a loud message on stderr.
 
 use std::time::Duration;
 
+mod mysql;
 mod nats;
 mod postgres;
 mod proxy;
 mod tls;
+pub use mysql::{mysql_admin_url, MysqlTestDb};
 pub use nats::NatsServer;
 pub use postgres::{
     url_encode, PgServer, APP_PASSWORD, APP_USER, CERT_USER, MD5_PASSWORD, MD5_USER,

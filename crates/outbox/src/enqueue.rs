@@ -1,14 +1,15 @@
 //! `enqueue`: writes an [`Event`] into the outbox table on the caller's connection or transaction
-//! (PostgreSQL or SQLite), so it commits or rolls back with the business rows.
+//! (PostgreSQL, MySQL / MariaDB or SQLite), so it commits or rolls back with the business rows.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::{Error, Event};
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A database connection the outbox can write to: `PgConnection` or `SqliteConnection`.
+/// A database connection the outbox can write to: `PgConnection`, `MySqlConnection` or
+/// `SqliteConnection`.
 ///
 /// Pass `&mut *tx` for a `sqlx::Transaction`, so the event commits (or rolls back) with your
 /// business rows. Implemented by this crate only; you do not implement it yourself.

@@ -34,6 +34,13 @@ pub enum Error {
         /// Version this build needs.
         required: i64,
     },
+    /// MySQL: another `outbox migrate` held the database's migration lock (`GET_LOCK`) for the
+    /// whole wait.
+    #[error("another `outbox migrate` held the migration lock for {waited_secs} s; try again once it has finished")]
+    MigrationLocked {
+        /// How long this call waited, in seconds.
+        waited_secs: u64,
+    },
     /// An event payload could not be serialized to JSON.
     #[error("event payload is not serializable to JSON: {0}")]
     Payload(#[from] serde_json::Error),
@@ -50,11 +57,13 @@ impl Error {
     }
 }
 
-/// True when the error says a table is missing (PostgreSQL `42P01`, SQLite "no such table").
+/// True when the error says a table is missing (PostgreSQL `42P01`, MySQL `42S02`, SQLite "no
+/// such table").
 pub fn is_undefined_table(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table")
+            matches!(db.code().as_deref(), Some("42P01" | "42S02"))
+                || db.message().starts_with("no such table")
         }
         _ => false,
     }

@@ -33,6 +33,8 @@ mod enqueue;
 mod error;
 mod event;
 pub mod migrate;
+#[cfg(feature = "mysql")]
+mod mysql;
 
 pub use enqueue::{enqueue, enqueue_all, OutboxConnection};
 pub use error::{is_undefined_table, Error};

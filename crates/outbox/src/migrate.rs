@@ -1,8 +1,9 @@
-//! Embedded, idempotent schema migrations for PostgreSQL and SQLite.
+//! Embedded, idempotent schema migrations for PostgreSQL, MySQL / MariaDB and SQLite.
 //!
 //! Applied versions are recorded in `outbox_migrations` (not sqlx's `_sqlx_migrations`, so they
 //! never collide with your own migrations). Concurrent `migrate` calls are safe: PostgreSQL
-//! serializes them with an advisory lock, SQLite with `BEGIN IMMEDIATE`.
+//! serializes them with an advisory lock, MySQL with a named lock (`GET_LOCK`), SQLite with
+//! `BEGIN IMMEDIATE`. The three lists share their version numbers.
 
 use crate::{Error, OutboxConnection};
 
@@ -72,6 +73,33 @@ pub const SQLITE: &[Migration] = &[
     },
 ];
 
+/// Migrations for MySQL 8.0.13+ and MariaDB 10.6+, oldest first. Version 1 is the whole
+/// current schema (MySQL support came with version 4); the versions between move with
+/// PostgreSQL's. MySQL commits each DDL statement by itself: every migration is idempotent, so
+/// one interrupted half-way is simply applied again.
+pub const MYSQL: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        sql: include_str!("../migrations/mysql/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "drop_pending_aggregate_idx",
+        sql: "SELECT 1",
+    },
+    Migration {
+        version: 3,
+        name: "gated_notify",
+        sql: "SELECT 1",
+    },
+    Migration {
+        version: 4,
+        name: "adopt_column_types",
+        sql: "SELECT 1",
+    },
+];
+
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -132,7 +160,7 @@ where
     }
 }
 
-fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<Migration>, Error> {
+pub(crate) fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<Migration>, Error> {
     if let Some(&newest) = applied.iter().max() {
         let supported = all.last().map_or(0, |m| m.version);
         if newest > supported {
@@ -318,7 +346,7 @@ mod tests {
 
     #[test]
     fn versions_increase() {
-        for set in [POSTGRES, SQLITE] {
+        for set in [POSTGRES, MYSQL, SQLITE] {
             assert!(set.windows(2).all(|w| w[0].version < w[1].version));
             assert_eq!(set.last().map(|m| m.version), Some(SCHEMA_VERSION));
         }

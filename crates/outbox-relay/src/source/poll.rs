@@ -23,6 +23,9 @@ use crate::store::{Claim, Partition, Store};
 
 /// First wait after an empty claim; it doubles up to the poll interval.
 const MIN_IDLE: Duration = Duration::from_millis(1);
+/// The poll interval where nothing wakes an idle relay (MySQL), unless configured: a new event
+/// waits at most this long once the relay is idle (right after a batch it waits 1 ms).
+pub const POLL_ONLY_INTERVAL: Duration = Duration::from_millis(100);
 /// Idle this long, a worker registers for NOTIFY wake-ups.
 const REGISTER_AFTER: Duration = Duration::from_millis(16);
 

@@ -152,22 +152,22 @@ fn events_sql(template: &str, outbox: &str, dead: &str, tail: &str) -> String {
 }
 
 /// An event row's columns, whatever the database.
-struct Columns {
-    src: String,
-    id: Uuid,
-    dl_id: Option<Uuid>,
-    seq: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    event_type: String,
-    payload: String,
-    headers: Option<String>,
-    created_at: DateTime<Utc>,
-    retry_count: i32,
-    published_at: Option<DateTime<Utc>>,
-    next_attempt_at: Option<DateTime<Utc>>,
-    error: Option<String>,
-    failed_at: Option<DateTime<Utc>>,
+pub(super) struct Columns {
+    pub(super) src: String,
+    pub(super) id: Uuid,
+    pub(super) dl_id: Option<Uuid>,
+    pub(super) seq: i64,
+    pub(super) aggregate_type: String,
+    pub(super) aggregate_id: String,
+    pub(super) event_type: String,
+    pub(super) payload: String,
+    pub(super) headers: Option<String>,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) retry_count: i32,
+    pub(super) published_at: Option<DateTime<Utc>>,
+    pub(super) next_attempt_at: Option<DateTime<Utc>>,
+    pub(super) error: Option<String>,
+    pub(super) failed_at: Option<DateTime<Utc>>,
 }
 
 impl Columns {
@@ -222,7 +222,7 @@ impl Columns {
         })
     }
 
-    fn view(self) -> EventView {
+    pub(super) fn view(self) -> EventView {
         let state = if self.src == "d" {
             EventState::DeadLettered {
                 dead_letter_id: self.dl_id.unwrap_or_else(Uuid::nil),
@@ -301,6 +301,7 @@ impl Store {
             .fetch_all(&s.pool)
             .await
             .map_err(db)?,
+            Store::Mysql(pool) => super::mysql::console::counts_by_aggregate_type(pool).await?,
         };
         Ok(rows
             .into_iter()
@@ -350,6 +351,7 @@ impl Store {
                     .map(Columns::from_sqlite)
                     .collect::<Result<Vec<_>, _>>()?
             }
+            Store::Mysql(pool) => super::mysql::console::find_event(pool, id).await?,
         };
         Ok(found.pop().map(Columns::view))
     }
@@ -397,6 +399,10 @@ impl Store {
                 rows.iter()
                     .map(Columns::from_sqlite)
                     .collect::<Result<Vec<_>, _>>()?
+            }
+            Store::Mysql(pool) => {
+                super::mysql::console::aggregate_events(pool, aggregate_type, aggregate_id, limit)
+                    .await?
             }
         };
         events.reverse();
@@ -499,6 +505,9 @@ impl Store {
                     .collect::<Result<_, Error>>()?;
                 Ok(DeadLetterPage { rows, total })
             }
+            Store::Mysql(pool) => {
+                super::mysql::console::dead_letter_page(pool, f, offset, limit).await
+            }
         }
     }
 
@@ -525,6 +534,13 @@ impl Store {
                 sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at > ?1")
                     .bind(ts(since))
                     .fetch_one(&s.pool)
+                    .await
+                    .map_err(db)
+            }
+            Store::Mysql(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at > ?")
+                    .bind(since)
+                    .fetch_one(pool)
                     .await
                     .map_err(db)
             }

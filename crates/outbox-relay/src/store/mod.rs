@@ -1,6 +1,6 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
 //! and cleanup. Every SQL statement of the relay lives here: one file per database
-//! (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
+//! (`postgres.rs`, `mysql/`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
 //! publications, heartbeats; [`cdc`]: its dead letters), and [`connection`]: how to reach
 //! PostgreSQL (libpq's URL parameters, TLS, the password) for every connection.
 
@@ -9,25 +9,27 @@ pub mod cdc;
 mod checks;
 pub mod connection;
 pub mod console;
+mod mysql;
 mod pg_text;
 mod postgres;
 pub mod replication;
+mod reports;
 mod rows;
 mod sqlite;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
 pub use crate::delivery::{Postponed, Settlement};
 use crate::error::Error;
 use crate::record::Record;
 use crate::urls::redact_url;
-use replication::{CdcReaders, ReplicationSlot};
+use replication::CdcReaders;
 
 pub use console::{AggregateCount, DeadLetterFilter, DeadLetterPage, EventState, EventView};
+pub use reports::{Backlog, DeadLetter, Status};
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -39,6 +41,8 @@ pub enum Store {
     Postgres(sqlx::PgPool),
     /// SQLite: one relay at a time (a lease row), polling.
     Sqlite(sqlite::SqliteStore),
+    /// MySQL 8.0+ / MariaDB 10.6+: several relays at once, `FOR UPDATE SKIP LOCKED`, polling.
+    Mysql(sqlx::MySqlPool),
 }
 
 /// How to open a [`Store`].
@@ -74,6 +78,8 @@ pub enum Backend {
     Postgres,
     /// `sqlite:`
     Sqlite,
+    /// `mysql://` or `mariadb://`
+    Mysql,
 }
 
 impl Backend {
@@ -83,15 +89,18 @@ impl Backend {
             Ok(Backend::Postgres)
         } else if url.starts_with("sqlite:") {
             Ok(Backend::Sqlite)
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(Backend::Mysql)
         } else if url.is_empty() {
             Err(Error::Config(
                 "no database URL: pass --database-url or set DATABASE_URL \
-                 (postgres://user@host/db or sqlite:path.db)"
+                 (postgres://user@host/db, mysql://user@host/db or sqlite:path.db)"
                     .into(),
             ))
         } else {
             Err(Error::Config(format!(
-                "unsupported database URL {}: use postgres://user@host/db or sqlite:path.db",
+                "unsupported database URL {}: use postgres://user@host/db, \
+                 mysql://user@host/db or sqlite:path.db",
                 redact_url(url)
             )))
         }
@@ -135,6 +144,7 @@ impl Store {
                     .connect_lazy_with(Self::session_options(&target, options));
                 Ok(Store::Postgres(pool))
             }
+            Backend::Mysql => Ok(Store::Mysql(mysql::connect(url, options).await?)),
             Backend::Sqlite => Ok(Store::Sqlite(
                 sqlite::SqliteStore::connect(url, options)
                     .await
@@ -207,6 +217,7 @@ impl Store {
                 "sqlite:{}",
                 s.pool.connect_options().get_filename().display()
             ),
+            Store::Mysql(pool) => mysql::describe(pool),
         }
     }
 
@@ -215,6 +226,7 @@ impl Store {
         match self {
             Store::Postgres(_) => Backend::Postgres,
             Store::Sqlite(_) => Backend::Sqlite,
+            Store::Mysql(_) => Backend::Mysql,
         }
     }
 
@@ -223,6 +235,7 @@ impl Store {
         Ok(match self {
             Store::Postgres(pool) => outbox::migrate(&mut *pool.acquire().await?).await?,
             Store::Sqlite(s) => outbox::migrate(&mut *s.pool.acquire().await?).await?,
+            Store::Mysql(pool) => outbox::migrate(&mut *pool.acquire().await?).await?,
         })
     }
 
@@ -235,13 +248,16 @@ impl Store {
             Store::Sqlite(s) => {
                 outbox::migrate::ensure_schema(&mut *s.pool.acquire().await?).await?
             }
+            Store::Mysql(pool) => {
+                outbox::migrate::ensure_schema(&mut *pool.acquire().await?).await?
+            }
         })
     }
 
     /// Claims up to `limit` events that may be delivered now, in `seq` order.
     ///
-    /// The claim holds its rows until [`Claim::settle`] (PostgreSQL: row locks in an open
-    /// transaction; SQLite: the relay lease). For every aggregate it contains, the claimed events
+    /// The claim holds its rows until [`Claim::settle`] (PostgreSQL, MySQL: row locks in an
+    /// open transaction; SQLite: the relay lease). For every aggregate it contains, the claimed events
     /// are the aggregate's *first* pending events: none is overtaken by a later one.
     pub async fn claim(&self, limit: usize, dead_letters_block: bool) -> Result<Claim, Error> {
         self.claim_partition(limit, dead_letters_block, Partition::WHOLE)
@@ -276,6 +292,9 @@ impl Store {
                 postgres::claim(pool, limit, max_bytes, dead_letters_block, part).await
             }
             Store::Sqlite(s) => s.claim(limit, max_bytes, dead_letters_block).await,
+            Store::Mysql(pool) => {
+                mysql::claim::claim(pool, limit, max_bytes, dead_letters_block, part).await
+            }
         }
     }
 
@@ -309,14 +328,16 @@ impl Store {
                 Ok(status)
             }
             Store::Sqlite(s) => self.explained(sqlite::status(&s.pool).await).await,
+            Store::Mysql(pool) => self.explained(mysql::admin::status(pool).await).await,
         }
     }
 
     /// What the metrics sample: dead letters and, with `pending`, pending events and the age
-    /// of the oldest (in `seq` order on PostgreSQL). Cheaper than [`Store::status`].
+    /// of the oldest (in `seq` order on PostgreSQL and MySQL). Cheaper than [`Store::status`].
     pub async fn backlog(&self, pending: bool) -> Result<Backlog, Error> {
         match self {
             Store::Postgres(pool) => postgres::backlog(pool, pending).await,
+            Store::Mysql(pool) => mysql::admin::backlog(pool, pending).await,
             Store::Sqlite(s) => {
                 let st = sqlite::status(&s.pool).await?;
                 Ok(Backlog {
@@ -333,6 +354,7 @@ impl Store {
         let found = match self {
             Store::Postgres(pool) => postgres::dead_letters(pool, None, limit).await,
             Store::Sqlite(s) => sqlite::dead_letters(&s.pool, None, limit).await,
+            Store::Mysql(pool) => mysql::admin::dead_letters(pool, None, limit).await,
         };
         self.explained(found).await
     }
@@ -342,6 +364,7 @@ impl Store {
         let mut v = match self {
             Store::Postgres(pool) => postgres::dead_letters(pool, Some(id), 1).await?,
             Store::Sqlite(s) => sqlite::dead_letters(&s.pool, Some(id), 1).await?,
+            Store::Mysql(pool) => mysql::admin::dead_letters(pool, Some(id), 1).await?,
         };
         Ok(v.pop())
     }
@@ -353,6 +376,7 @@ impl Store {
         let replayed = match self {
             Store::Postgres(pool) => postgres::replay(pool, ids).await,
             Store::Sqlite(s) => sqlite::replay(&s.pool, ids).await,
+            Store::Mysql(pool) => mysql::admin::replay(pool, ids).await,
         };
         self.explained(replayed).await
     }
@@ -362,6 +386,7 @@ impl Store {
         let purged = match self {
             Store::Postgres(pool) => postgres::purge(pool, ids).await,
             Store::Sqlite(s) => sqlite::purge(&s.pool, ids).await,
+            Store::Mysql(pool) => mysql::admin::purge(pool, ids).await,
         };
         self.explained(purged).await
     }
@@ -371,6 +396,7 @@ impl Store {
         let count = match self {
             Store::Postgres(pool) => postgres::count_cleanable(pool, cutoff).await,
             Store::Sqlite(s) => sqlite::count_cleanable(&s.pool, cutoff).await,
+            Store::Mysql(pool) => mysql::admin::count_cleanable(pool, cutoff).await,
         };
         self.explained(count).await
     }
@@ -381,11 +407,12 @@ impl Store {
         match self {
             Store::Postgres(pool) => postgres::cleanup_batch(pool, cutoff, batch).await,
             Store::Sqlite(s) => sqlite::cleanup_batch(&s.pool, cutoff, batch).await,
+            Store::Mysql(pool) => mysql::admin::cleanup_batch(pool, cutoff, batch).await,
         }
     }
 
     /// Registers (or refreshes) `relay` as waiting for new events, so writers' inserts wake it
-    /// with `NOTIFY`; `false` removes it. PostgreSQL only; a no-op on SQLite.
+    /// with `NOTIFY`; `false` removes it. PostgreSQL only; a no-op on MySQL and SQLite.
     pub async fn set_waiting(&self, relay: &str, waiting: bool) -> Result<(), Error> {
         if let Store::Postgres(pool) = self {
             postgres::set_waiting(pool, relay, waiting).await?;
@@ -401,8 +428,8 @@ impl Store {
     }
 
     /// A connection that hears the outbox table's wake-ups (`LISTEN outbox`, sent by its
-    /// trigger while a relay waits), on PostgreSQL; `None` on SQLite, which has none. The
-    /// listener reconnects by itself.
+    /// trigger while a relay waits), on PostgreSQL; `None` on MySQL and SQLite, which have
+    /// none (their relays poll). The listener reconnects by itself.
     pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>, Error> {
         let Store::Postgres(pool) = self else {
             return Ok(None);
@@ -416,15 +443,23 @@ impl Store {
     pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
         match self {
             Store::Postgres(pool) => Some(pool),
-            Store::Sqlite(_) => None,
+            _ => None,
         }
     }
 
     /// The SQLite pool, when this is SQLite.
     pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
         match self {
-            Store::Postgres(_) => None,
             Store::Sqlite(s) => Some(&s.pool),
+            _ => None,
+        }
+    }
+
+    /// The MySQL pool, when this is MySQL or MariaDB.
+    pub fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
+        match self {
+            Store::Mysql(pool) => Some(pool),
+            _ => None,
         }
     }
 }
@@ -459,6 +494,7 @@ enum Hold {
     None,
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
     Sqlite(sqlx::SqlitePool),
+    Mysql(sqlx::Transaction<'static, sqlx::MySql>),
 }
 
 impl Claim {
@@ -478,94 +514,22 @@ impl Claim {
             Hold::None => Ok(()),
             Hold::Postgres(tx) => postgres::settle(tx, settlement).await,
             Hold::Sqlite(pool) => sqlite::settle(&pool, settlement).await,
+            Hold::Mysql(tx) => mysql::claim::settle(tx, settlement).await,
         }
     }
 
     /// Releases the claim without recording anything.
     pub async fn release(self) {
-        if let Hold::Postgres(tx) = self.hold {
-            let _ = tx.rollback().await;
+        match self.hold {
+            Hold::Postgres(tx) => {
+                let _ = tx.rollback().await;
+            }
+            Hold::Mysql(tx) => {
+                let _ = tx.rollback().await;
+            }
+            Hold::None | Hold::Sqlite(_) => {}
         }
     }
-}
-
-/// What `outbox status` shows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Status {
-    /// Events not yet delivered.
-    pub pending: i64,
-    /// Pending events that failed at least once.
-    pub retrying: i64,
-    /// Creation time of the oldest pending event.
-    pub oldest_pending_at: Option<DateTime<Utc>>,
-    /// Age of the oldest pending event, in seconds.
-    pub oldest_pending_age_seconds: Option<f64>,
-    /// Earliest scheduled retry.
-    pub next_retry_at: Option<DateTime<Utc>>,
-    /// Rows in the dead-letter table.
-    pub dead_letters: i64,
-    /// PostgreSQL: the database's logical replication slots (the CDC source's), with their
-    /// replication lag in bytes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub replication_slots: Vec<ReplicationSlot>,
-    /// PostgreSQL with replication slots: the server's `max_slot_wal_keep_size` in bytes, -1
-    /// when unlimited (a stalled slot then keeps WAL until the disk is full).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_slot_wal_keep_size_bytes: Option<i64>,
-    /// PostgreSQL: who reads the outbox table through logical replication. CDC never marks
-    /// rows published: while it reads the table, `pending` counts rows, not a backlog (the
-    /// slots' lag is the backlog).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cdc: Option<CdcReaders>,
-}
-
-impl Status {
-    pub(crate) fn finish(mut self) -> Self {
-        self.oldest_pending_age_seconds = self
-            .oldest_pending_at
-            .map(|t| ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1000.0);
-        self
-    }
-}
-
-/// What [`Store::backlog`] samples for the metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Backlog {
-    /// Events not yet delivered (when asked for).
-    pub pending: Option<i64>,
-    /// Age of the oldest pending event, in seconds (`None` when none, or not asked for).
-    pub oldest_pending_age_seconds: Option<f64>,
-    /// Rows in the dead-letter table.
-    pub dead_letters: i64,
-}
-
-/// A row of the dead-letter table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    /// The dead letter's own id.
-    pub id: Uuid,
-    /// The event's id.
-    pub original_id: Uuid,
-    /// The event's `seq`, restored on replay.
-    pub seq: i64,
-    /// Aggregate type.
-    pub aggregate_type: String,
-    /// Aggregate id.
-    pub aggregate_id: String,
-    /// Event type.
-    pub event_type: String,
-    /// Payload.
-    pub payload: serde_json::Value,
-    /// Headers.
-    pub headers: Option<serde_json::Value>,
-    /// When the event was written.
-    pub created_at: DateTime<Utc>,
-    /// Attempts made.
-    pub retry_count: i32,
-    /// Why it was given up.
-    pub error: String,
-    /// When it was given up.
-    pub failed_at: DateTime<Utc>,
 }
 
 /// Cuts an error message to [`MAX_ERROR_LEN`] characters.
@@ -595,7 +559,12 @@ mod tests {
             Backend::Postgres
         );
         assert_eq!(Backend::from_url("sqlite:a.db").unwrap(), Backend::Sqlite);
-        let err = Backend::from_url("mysql://u:pw@h/db")
+        assert_eq!(Backend::from_url("mysql://u@h/db").unwrap(), Backend::Mysql);
+        assert_eq!(
+            Backend::from_url("mariadb://u@h/db").unwrap(),
+            Backend::Mysql
+        );
+        let err = Backend::from_url("oracle://u:pw@h/db")
             .unwrap_err()
             .to_string();
         assert!(

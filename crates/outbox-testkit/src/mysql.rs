@@ -1,0 +1,102 @@
+//! Private MariaDB / MySQL databases for tests.
+
+use std::time::Duration;
+
+use super::unavailable;
+
+/// MySQL / MariaDB admin URL (override with `OUTBOX_TEST_MYSQL`).
+pub fn mysql_admin_url() -> String {
+    std::env::var("OUTBOX_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A fresh MariaDB / MySQL database, dropped when this value is dropped.
+pub struct MysqlTestDb {
+    /// Connection URL of the database.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl MysqlTestDb {
+    /// Creates `outbox_test_<random>`; `None` (after reporting) when MariaDB is unreachable.
+    pub async fn create() -> Option<MysqlTestDb> {
+        let admin = mysql_admin_url();
+        let mut conn = match tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                unavailable("MariaDB at 127.0.0.1:3306", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                unavailable("MariaDB at 127.0.0.1:3306", "connect timed out");
+                return None;
+            }
+        };
+        let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("CREATE DATABASE");
+        let _ = sqlx::Connection::close(conn).await;
+        Some(MysqlTestDb {
+            url: format!("{}/{name}", admin.trim_end_matches('/')),
+            name,
+        })
+    }
+
+    /// A pool on the database.
+    pub async fn pool(&self) -> sqlx::MySqlPool {
+        sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for MysqlTestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = mysql_admin_url();
+        // Drop from a separate thread with its own runtime: Drop cannot await. Connections
+        // still open on the database (a relay just killed) do not block DROP DATABASE in
+        // MySQL, only their metadata locks, which end with their sessions.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) =
+                        <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        // Kill sessions left on the database so their locks do not hold it.
+                        let ids: Vec<u64> = sqlx::query_scalar(
+                            "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist
+                             WHERE db = ? AND id <> CONNECTION_ID()",
+                        )
+                        .bind(&name)
+                        .fetch_all(&mut c)
+                        .await
+                        .unwrap_or_default();
+                        for id in ids {
+                            let _ = sqlx::Executor::execute(&mut c, format!("KILL {id}").as_str())
+                                .await;
+                        }
+                        let drop = format!("DROP DATABASE IF EXISTS {name}");
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(30),
+                            sqlx::Executor::execute(&mut c, drop.as_str()),
+                        )
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
