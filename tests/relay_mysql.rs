@@ -61,7 +61,13 @@ async fn migrate_then_plain_sql_then_relay_delivers_in_the_reference_format_in_o
     let msgs = nats.read_stream(&stream, 3, Duration::from_secs(10)).await;
     assert_eq!(msgs.len(), 3);
 
-    let first = &msgs[0];
+    // Aggregate o-1's two events in order; o-2's (the library's) anywhere around them.
+    let header = |m: &async_nats::jetstream::Message, name: &str| {
+        m.headers.as_ref().unwrap().get(name).unwrap().to_string()
+    };
+    let (o1, o2): (Vec<_>, Vec<_>) = msgs.iter().partition(|m| header(m, "key") == "o-1");
+    assert_eq!((o1.len(), o2.len()), (2, 1));
+    let first = o1[0];
     assert_eq!(first.subject.as_str(), subject);
     let h = first.headers.as_ref().unwrap();
     let id = plain_id.to_string();
@@ -89,20 +95,14 @@ async fn migrate_then_plain_sql_then_relay_delivers_in_the_reference_format_in_o
         .unwrap()
         .starts_with(&format!("{{\"id\":\"{id}\",\"type\":")));
 
-    let second: serde_json::Value = serde_json::from_slice(&msgs[1].payload).unwrap();
+    let second: serde_json::Value = serde_json::from_slice(&o1[1].payload).unwrap();
     assert_eq!(
         (second["type"].as_str(), second["reason"].as_str()),
         (Some("OrderCancelled"), Some("x"))
     );
-    let default_id = msgs[1]
-        .headers
-        .as_ref()
-        .unwrap()
-        .get("id")
-        .unwrap()
-        .to_string();
+    let default_id = header(o1[1], "id");
     assert!(uuid::Uuid::parse_str(&default_id).is_ok(), "{default_id}");
-    let third = msgs[2].headers.as_ref().unwrap();
+    let third = o2[0].headers.as_ref().unwrap();
     assert_eq!(third.get("id").unwrap().as_str(), event.id().to_string());
     assert_eq!(third.get("traceparent").unwrap().as_str(), "00-abc-01");
 
@@ -238,7 +238,7 @@ async fn dead_letters_backoff_and_the_admin_commands() {
     let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(
         (s["pending"].as_i64(), s["dead_letters"].as_i64()),
-        (Some(2), Some(1)),
+        (Some(1), Some(1)),
         "{s}"
     );
     let check = outbox(Some(&db.url), &["status", "--check"]).await;
