@@ -71,9 +71,20 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
         ),
         // Unsupported database URL, with a password that must not be echoed.
         (
-            Some("mysql://app:hunter2@db/shop"),
+            Some("oracle://app:hunter2@db/shop"),
             vec!["status"],
             vec!["unsupported database URL"],
+        ),
+        // A MySQL server that is not there: one line, the password masked.
+        (
+            Some("mysql://app:hunter2@127.0.0.1:1/shop"),
+            vec!["status"],
+            vec!["cannot connect", "mysql://app:***@127.0.0.1:1/shop"],
+        ),
+        (
+            Some("mariadb://app:hunter2@127.0.0.1:1/shop"),
+            vec!["relay", "--sink", "stdout:", "--source", "cdc"],
+            vec!["binlog is not implemented"],
         ),
         (None, vec!["status"], vec!["no database"]),
         // A libpq key=value connection string: refused without echoing its password.

@@ -1,6 +1,7 @@
 //! `order-service`: the reference OrderService over HTTP.
 //!
-//! Configuration from the environment: `DATABASE_URL` (`postgres://…` or `sqlite:…`, required)
+//! Configuration from the environment: `DATABASE_URL` (`postgres://…`, `mysql://…` or
+//! `sqlite:…`, required)
 //! and `BIND` (default `127.0.0.1:3000`).
 
 use std::process::ExitCode;
@@ -33,7 +34,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let url = std::env::var("DATABASE_URL").map_err(|_| {
-        "DATABASE_URL is not set (postgres://user@host/db or sqlite:orders.db)".to_string()
+        "DATABASE_URL is not set (postgres://user@host/db, mysql://user@host/db or sqlite:orders.db)"
+            .to_string()
     })?;
     let service = OrderService::new(connect(&url).await?);
     service
@@ -75,6 +77,23 @@ async fn connect(url: &str) -> Result<OrderPool, String> {
             .await
             .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
         Ok(pool.into())
+    } else if let Some(rest) = url
+        .strip_prefix("mysql://")
+        .or_else(|| url.strip_prefix("mariadb://"))
+    {
+        let options = sqlx::mysql::MySqlConnectOptions::from_str(&format!("mysql://{rest}"))
+            .map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+        let probe = tokio::time::timeout(timeout, sqlx::MySqlConnection::connect_with(&options))
+            .await
+            .map_err(|_| format!("cannot connect to MySQL: no answer within {timeout:?}"))?
+            .map_err(|e| format!("cannot connect to MySQL: {e}"))?;
+        let _ = probe.close().await;
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .acquire_timeout(timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| format!("cannot connect to MySQL: {e}"))?;
+        Ok(pool.into())
     } else if url.starts_with("sqlite:") {
         let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
             .map_err(|e| format!("invalid DATABASE_URL: {e}"))?
@@ -90,7 +109,8 @@ async fn connect(url: &str) -> Result<OrderPool, String> {
     } else {
         let scheme = url.split_once(':').map_or("", |(s, _)| s);
         Err(format!(
-            "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got scheme {scheme:?})"
+            "DATABASE_URL must start with postgres://, postgresql://, mysql://, mariadb:// or \
+             sqlite: (got scheme {scheme:?})"
         ))
     }
 }

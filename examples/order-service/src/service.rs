@@ -1,6 +1,6 @@
 //! The service: every write stores the order and its outbox event in one transaction.
 
-use sqlx::{Database, PgPool, SqlitePool, Transaction};
+use sqlx::{Database, MySqlPool, PgPool, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::{Item, Order, OrderConnection, OrderError};
@@ -12,6 +12,14 @@ pub enum OrderPool {
     Postgres(PgPool),
     /// SQLite.
     Sqlite(SqlitePool),
+    /// MySQL 8.0+ or MariaDB 10.6+.
+    Mysql(MySqlPool),
+}
+
+impl From<MySqlPool> for OrderPool {
+    fn from(pool: MySqlPool) -> Self {
+        OrderPool::Mysql(pool)
+    }
 }
 
 impl From<PgPool> for OrderPool {
@@ -51,12 +59,18 @@ macro_rules! in_write_transaction {
                 $tx.commit().await?;
                 Ok(out)
             }
+            OrderPool::Mysql(pool) => {
+                let mut $tx = pool.begin().await?;
+                let out = $body.await?;
+                $tx.commit().await?;
+                Ok(out)
+            }
         }
     };
 }
 
 impl OrderService {
-    /// A service on `pool` (a `PgPool`, a `SqlitePool` or an [`OrderPool`]).
+    /// A service on `pool` (a `PgPool`, a `MySqlPool`, a `SqlitePool` or an [`OrderPool`]).
     pub fn new(pool: impl Into<OrderPool>) -> Self {
         OrderService { pool: pool.into() }
     }
@@ -71,6 +85,7 @@ impl OrderService {
         match &self.pool {
             OrderPool::Postgres(pool) => migrate_on(&mut *pool.acquire().await?).await,
             OrderPool::Sqlite(pool) => migrate_on(&mut *pool.acquire().await?).await,
+            OrderPool::Mysql(pool) => migrate_on(&mut *pool.acquire().await?).await,
         }
     }
 
@@ -101,6 +116,7 @@ impl OrderService {
         Ok(match &self.pool {
             OrderPool::Postgres(pool) => pool.acquire().await?.fetch_order(order_id, false).await?,
             OrderPool::Sqlite(pool) => pool.acquire().await?.fetch_order(order_id, false).await?,
+            OrderPool::Mysql(pool) => pool.acquire().await?.fetch_order(order_id, false).await?,
         })
     }
 }
@@ -141,7 +157,7 @@ where
 
 /// Cancels an order and enqueues its `OrderCancelled` event inside `tx`.
 ///
-/// On PostgreSQL the order row is locked (`SELECT … FOR UPDATE`) until `tx` ends. On SQLite,
+/// On PostgreSQL and MySQL the order row is locked (`SELECT … FOR UPDATE`) until `tx` ends. On SQLite,
 /// start `tx` with `pool.begin_with("BEGIN IMMEDIATE")` so that concurrent cancels queue for
 /// the write lock instead of failing with `SQLITE_BUSY` when the read turns into a write.
 pub async fn cancel_order_in<DB>(

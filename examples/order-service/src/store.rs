@@ -1,13 +1,14 @@
-//! The `orders` table on PostgreSQL and SQLite.
+//! The `orders` table on PostgreSQL, MySQL / MariaDB and SQLite.
 //!
-//! The statements are shared (sqlx binds `$n` on both databases); only the table definition,
-//! the row lock and how ids and timestamps are encoded differ per backend.
+//! The statements are shared by PostgreSQL and SQLite (sqlx binds `$n` on both); MySQL binds
+//! `?` in order and has its own. The table definition, the row lock and how ids and timestamps
+//! are encoded differ per backend.
 
 use std::future::Future;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, SqliteConnection};
+use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 use uuid::Uuid;
 
 use crate::{Item, Order};
@@ -42,7 +43,8 @@ const SQLITE_TABLE: &str = "CREATE TABLE IF NOT EXISTS orders (
     cancellation_reason TEXT
 )";
 
-/// A database connection that holds the `orders` table: `PgConnection` or `SqliteConnection`.
+/// A database connection that holds the `orders` table: `PgConnection`, `MySqlConnection` or
+/// `SqliteConnection`.
 ///
 /// Implemented by this crate only. It lets [`create_order_in`](crate::create_order_in) and
 /// [`cancel_order_in`](crate::cancel_order_in) work inside a transaction on either database.
@@ -71,6 +73,7 @@ mod private {
     pub trait Sealed {}
     impl Sealed for sqlx::PgConnection {}
     impl Sealed for sqlx::SqliteConnection {}
+    impl Sealed for sqlx::MySqlConnection {}
 }
 
 /// The columns of [`SELECT`]; the id is known to the caller.
@@ -170,6 +173,70 @@ impl OrderConnection for SqliteConnection {
         query
             .bind(cancelled_at)
             .bind(&o.cancellation_reason)
+            .execute(self)
+            .await
+            .map(drop)
+    }
+}
+
+// Ids as CHAR(36) text, timestamps as DATETIME(6) in UTC (sqlx's sessions run at +00:00).
+const MYSQL_TABLE: &str = "CREATE TABLE IF NOT EXISTS orders (
+    id                  CHAR(36)     CHARACTER SET ascii PRIMARY KEY,
+    customer_id         VARCHAR(255) NOT NULL,
+    items               JSON         NOT NULL,
+    total               DOUBLE       NOT NULL,
+    status              VARCHAR(32)  NOT NULL,
+    created_at          DATETIME(6)  NOT NULL,
+    cancelled_at        DATETIME(6),
+    cancellation_reason TEXT
+) ENGINE = InnoDB";
+
+/// MySQL binds `?` in order: the statements with the id where MySQL expects it.
+const MYSQL_INSERT: &str =
+    "INSERT INTO orders (id, customer_id, items, total, status, created_at) \
+                            VALUES (?, ?, ?, ?, ?, ?)";
+const MYSQL_SELECT: &str = "SELECT customer_id, items, total, status, created_at, cancelled_at, \
+                            cancellation_reason FROM orders WHERE id = ?";
+const MYSQL_CANCEL: &str = "UPDATE orders SET status = ?, cancelled_at = ?, \
+                            cancellation_reason = ? WHERE id = ?";
+
+/// MySQL / MariaDB: `SELECT … FOR UPDATE` locks the order row, as on PostgreSQL.
+impl OrderConnection for MySqlConnection {
+    async fn create_orders_table(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::Executor::execute(self, MYSQL_TABLE).await.map(drop)
+    }
+
+    async fn insert_order(&mut self, o: &Order) -> Result<(), sqlx::Error> {
+        let query = sqlx::query(MYSQL_INSERT).bind(text_id(o.id));
+        let query = query.bind(&o.customer_id).bind(Json(&o.items));
+        let query = query.bind(o.total).bind(&o.status).bind(o.created_at);
+        query.execute(self).await.map(drop)
+    }
+
+    async fn fetch_order(
+        &mut self,
+        id: Uuid,
+        for_update: bool,
+    ) -> Result<Option<Order>, sqlx::Error> {
+        let sql = if for_update {
+            format!("{MYSQL_SELECT} FOR UPDATE")
+        } else {
+            MYSQL_SELECT.to_string()
+        };
+        let row: Option<OrderRow> = sqlx::query_as(&sql)
+            .bind(text_id(id))
+            .fetch_optional(self)
+            .await?;
+        Ok(row.map(|r| r.into_order(id)))
+    }
+
+    async fn save_cancellation(&mut self, o: &Order) -> Result<(), sqlx::Error> {
+        let query = sqlx::query(MYSQL_CANCEL)
+            .bind(&o.status)
+            .bind(o.cancelled_at);
+        query
+            .bind(&o.cancellation_reason)
+            .bind(text_id(o.id))
             .execute(self)
             .await
             .map(drop)

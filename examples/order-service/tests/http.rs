@@ -124,8 +124,12 @@ async fn binary_rejects_a_bad_database_url_without_panicking() {
     for (url, expected) in [
         (None, "DATABASE_URL is not set"),
         (
-            Some("mysql://root@localhost/shop"),
+            Some("oracle://root@localhost/shop"),
             "DATABASE_URL must start with postgres://",
+        ),
+        (
+            Some("mysql://root@127.0.0.1:1/shop"),
+            "cannot connect to MySQL",
         ),
         (
             Some("postgres://postgres@localhost:notaport/db"),

@@ -200,6 +200,14 @@ async fn rolled_back_transaction_leaves_nothing(service: &OrderService) {
             tx.rollback().await.unwrap();
             order
         }
+        OrderPool::Mysql(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            let order = create_order_in(&mut tx, "customer-5", items(), 26.99)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            order
+        }
     };
     assert_eq!(service.get_order(order.id).await.unwrap(), None);
     assert_eq!(order_count(service).await, 0);
@@ -221,6 +229,17 @@ async fn composed_transaction_commits_everything(service: &OrderService) {
         }
         OrderPool::Sqlite(pool) => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let order = create_order_in(&mut tx, "customer-6", items(), 26.99)
+                .await
+                .unwrap();
+            cancel_order_in(&mut tx, order.id, "same transaction")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            order.id
+        }
+        OrderPool::Mysql(pool) => {
+            let mut tx = pool.begin().await.unwrap();
             let order = create_order_in(&mut tx, "customer-6", items(), 26.99)
                 .await
                 .unwrap();
@@ -253,6 +272,8 @@ async fn failing_outbox_insert_rolls_back_the_order(service: &OrderService) {
          BEGIN RAISE EXCEPTION 'outbox refused'; END $$;
          CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox
              FOR EACH ROW EXECUTE FUNCTION refuse_outbox();",
+        "CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox
+         FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'outbox refused'",
         "CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox
          BEGIN SELECT RAISE(ABORT, 'outbox refused'); END;",
     )

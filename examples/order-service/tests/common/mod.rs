@@ -9,8 +9,8 @@ use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-/// Runs each named `async fn scenario(&OrderService)` as two tests: `scenario::postgres`
-/// (skipped loudly when PostgreSQL is unreachable) and `scenario::sqlite`.
+/// Runs each named `async fn scenario(&OrderService)` as three tests: `scenario::postgres` and
+/// `scenario::mysql` (skipped loudly when the server is unreachable) and `scenario::sqlite`.
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -18,6 +18,15 @@ macro_rules! on_both_backends {
             async fn postgres() {
                 let db = outbox_testkit::require!(outbox_testkit::TestDb::create().await);
                 let service = $crate::common::postgres(&db).await;
+                super::$scenario(&service).await;
+                $crate::common::close(&service).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let db = outbox_testkit::require!(outbox_testkit::MysqlTestDb::create().await);
+                let service = order_service::OrderService::new(db.pool().await);
+                service.migrate().await.expect("migrate");
                 super::$scenario(&service).await;
                 $crate::common::close(&service).await;
             }
@@ -87,6 +96,7 @@ pub async fn close(service: &OrderService) {
     match service.pool() {
         OrderPool::Postgres(p) => p.close().await,
         OrderPool::Sqlite(p) => p.close().await,
+        OrderPool::Mysql(p) => p.close().await,
     }
 }
 
@@ -111,6 +121,17 @@ pub async fn events(service: &OrderService) -> Vec<EventRow> {
             let sql = format!("SELECT {COLUMNS}, payload FROM outbox ORDER BY seq");
             sqlx::query_as(&sql).fetch_all(p).await
         }
+        OrderPool::Mysql(p) => {
+            // Binary collations: read as bytes (sqlx refuses String for them).
+            let sql = format!("SELECT {COLUMNS}, payload FROM outbox ORDER BY seq");
+            let rows: Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)>, _> =
+                sqlx::query_as(&sql).fetch_all(p).await;
+            rows.map(|rows| {
+                rows.into_iter()
+                    .map(|(a, b, c, d)| (text(a), text(b), text(c), text(d)))
+                    .collect()
+            })
+        }
     }
     .expect("read the outbox");
     rows.into_iter()
@@ -131,15 +152,21 @@ pub async fn order_count(service: &OrderService) -> i64 {
     match service.pool() {
         OrderPool::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
         OrderPool::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+        OrderPool::Mysql(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
     }
     .expect("count orders")
 }
 
-/// Runs `postgres` or `sqlite` (one or more statements, no parameters), whichever applies.
-pub async fn execute(service: &OrderService, postgres: &str, sqlite: &str) {
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("UTF-8")
+}
+
+/// Runs `postgres`, `mysql` or `sqlite` (statements, no parameters), whichever applies.
+pub async fn execute(service: &OrderService, postgres: &str, mysql: &str, sqlite: &str) {
     match service.pool() {
         OrderPool::Postgres(p) => sqlx::Executor::execute(p, postgres).await.map(drop),
         OrderPool::Sqlite(p) => sqlx::Executor::execute(p, sqlite).await.map(drop),
+        OrderPool::Mysql(p) => sqlx::Executor::execute(p, mysql).await.map(drop),
     }
     .expect("execute test SQL");
 }
