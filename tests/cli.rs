@@ -233,6 +233,7 @@ async fn cleanup_fixture(url: &str, pg: bool) {
                 .await
                 .unwrap();
         }
+        outbox_relay::Store::Mysql(_) => panic!("this fixture is PostgreSQL or SQLite"),
     }
 }
 

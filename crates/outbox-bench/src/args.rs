@@ -21,6 +21,9 @@ pub enum Scenario {
     Footprint,
     /// The database's own limit for the same claim/mark (or WAL decode) work.
     Ceiling,
+    /// The polling drain on MySQL / MariaDB (`--mysql`), each sink × mark/delete, with the
+    /// bare SQL claim/settle loop's ceiling measured in the same run. Only when named.
+    MysqlDrain,
 }
 
 /// Where the relay under test takes its events from.
@@ -104,6 +107,15 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
     )]
     pub pg: String,
+
+    /// MySQL / MariaDB server for the mysql-drain scenario; the benchmark creates and drops its
+    /// own database there.
+    #[arg(
+        long,
+        env = "OUTBOX_BENCH_MYSQL",
+        default_value = "mysql://root@127.0.0.1:3306"
+    )]
+    pub mysql: String,
 
     /// Sinks for the drain scenario, comma-separated.
     #[arg(

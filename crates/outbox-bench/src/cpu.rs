@@ -39,12 +39,20 @@ fn cpu_seconds_named(comm: &str) -> Option<f64> {
 /// between (a short-lived autovacuum worker) are not counted.
 pub struct CpuMeter {
     broker: Option<&'static str>,
+    /// The database server's process name and the figure it is reported as.
+    database: (&'static str, &'static str),
     before: [Option<f64>; 3],
 }
 
 impl CpuMeter {
     /// Starts measuring, with the broker behind `sink_url` when it runs on this machine.
     pub fn start(sink_url: &str) -> Self {
+        Self::start_with(sink_url, ("postgres", "postgres_cpu_seconds_per_100k"))
+    }
+
+    /// Like [`CpuMeter::start`], with another database server: its process name (`mariadbd`)
+    /// and the name of its figure.
+    pub fn start_with(sink_url: &str, database: (&'static str, &'static str)) -> Self {
         let local = url::Url::parse(sink_url)
             .ok()
             .and_then(|u| {
@@ -59,6 +67,7 @@ impl CpuMeter {
         };
         let mut meter = CpuMeter {
             broker,
+            database,
             before: [None; 3],
         };
         meter.before = meter.read();
@@ -68,7 +77,7 @@ impl CpuMeter {
     fn read(&self) -> [Option<f64>; 3] {
         [
             cpu_seconds(std::process::id()),
-            cpu_seconds_named("postgres"),
+            cpu_seconds_named(self.database.0),
             self.broker.and_then(cpu_seconds_named),
         ]
     }
@@ -76,11 +85,7 @@ impl CpuMeter {
     /// `<who>_cpu_seconds_per_100k` figures for `events` events, `this_process` naming the
     /// figure of this process.
     pub fn per_100k(&self, events: usize, this_process: &'static str) -> Vec<(&'static str, f64)> {
-        let names = [
-            this_process,
-            "postgres_cpu_seconds_per_100k",
-            "broker_cpu_seconds_per_100k",
-        ];
+        let names = [this_process, self.database.1, "broker_cpu_seconds_per_100k"];
         names
             .into_iter()
             .zip(self.read())

@@ -1,5 +1,5 @@
 //! `outbox-bench`: the project's benchmark, a binary of its own beside `outbox`. Six
-//! scenarios, each printing its setup beside its figures, a human table and (with `--json`) a
+//! scenarios on PostgreSQL (and `mysql-drain`, when named, on MySQL / MariaDB), each printing its setup beside its figures, a human table and (with `--json`) a
 //! machine-readable report, and the targets of the performance issue marked met or not.
 //! Compare only figures from one run: the machine may be shared and noisy.
 //!
@@ -14,6 +14,7 @@ mod db;
 mod drain;
 mod error;
 mod footprint;
+mod mysql;
 mod recorder;
 mod report;
 mod running;
@@ -162,6 +163,7 @@ async fn run_scenarios(
                 footprint::footprint(args, db, &bin, out).await?
             }
             Scenario::Ceiling => drain::ceiling(args, db, out).await?,
+            Scenario::MysqlDrain => mysql::drains(args, db, out).await?,
         }
     }
     Ok(())
