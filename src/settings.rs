@@ -470,6 +470,9 @@ pub struct ConsoleSettings {
     pub listen: SocketAddr,
     /// `--console-token` or `OUTBOX_CONSOLE_TOKEN`.
     pub token: Option<String>,
+    /// `--topic`, `[relay] topic`, else the default envelope's: what the counts per topic
+    /// are grouped by.
+    pub topic: Template,
 }
 
 /// Resolves `outbox console`'s settings.
@@ -482,6 +485,13 @@ pub fn console(
         database_url: database_url(cli, file)?,
         listen: crate::server::parse_listen(&args.listen)?,
         token: args.console.token.clone(),
+        topic: Template::parse(
+            args.topic
+                .as_deref()
+                .or(file.relay.topic.as_deref())
+                .unwrap_or(Envelope::Reference.default_topic()),
+        )
+        .map_err(|e| CliError::usage(format!("--topic: {e}")))?,
     })
 }
 

@@ -115,6 +115,23 @@ impl Template {
         })
     }
 
+    /// Renders the template for events of one aggregate type and event type, without an
+    /// aggregate id: `None` when the template uses `{aggregate_id}` (then the topic is per
+    /// aggregate, not per type). What the web console groups its counts by.
+    pub fn render_type(&self, aggregate_type: &str, event_type: &str) -> Option<String> {
+        let per_aggregate = self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Field(Field::AggregateId, _)));
+        (!per_aggregate).then(|| {
+            self.render_with(|field| match field {
+                Field::AggregateType => aggregate_type,
+                Field::EventType => event_type,
+                Field::AggregateId | Field::Topic => "",
+            })
+        })
+    }
+
     /// Renders a template for a routed message: `{topic}` is its topic, `{aggregate_id}` its key,
     /// `{aggregate_type}` and `{event_type}` the headers of those names (empty when the envelope
     /// does not send them, as with Debezium).
@@ -192,6 +209,17 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_per_type_unless_per_aggregate() {
+        let t = Template::parse("{aggregate_type:lower}.{event_type}").unwrap();
+        assert_eq!(
+            t.render_type("Order", "OrderPlaced").as_deref(),
+            Some("order.OrderPlaced")
+        );
+        let per_aggregate = Template::parse("orders.{aggregate_id}").unwrap();
+        assert_eq!(per_aggregate.render_type("Order", "OrderPlaced"), None);
+    }
 
     fn record() -> Record {
         Record {

@@ -288,6 +288,21 @@ async fn failures_retry_in_memory_then_dead_letter_and_replay_comes_back_in_orde
         3,
         "bad#2 was never attempted"
     );
+    // The error history: the two retried failures and the one that gave it up.
+    let history: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT jsonb_array_length(error_history)::int8,
+                (SELECT count(*) FROM jsonb_array_elements(error_history) e
+                 WHERE (e->>'counted')::bool AND e->>'error' LIKE '%broker refuses bad%')
+         FROM outbox_dead_letter ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        [(3, 3), (1, 0)],
+        "bad#1: 3 failures; bad#2: why it waited"
+    );
     // Everything is done: the slot moves on.
     let state = run.relay.state();
     wait(Duration::from_secs(20), "the slot to be confirmed", || {

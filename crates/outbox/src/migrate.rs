@@ -18,7 +18,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -41,6 +41,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: include_str!("../migrations/postgres/0004_adopt_column_types.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/postgres/0005_error_history.sql"),
     },
 ];
 
@@ -69,6 +74,11 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: "SELECT 1",
+    },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/sqlite/0005_error_history.sql"),
     },
 ];
 
@@ -155,8 +165,10 @@ fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<Migration>,
 #[cfg(feature = "postgres")]
 pub async fn create_dead_letter_table(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // The table as migration 1 made it, with the columns later migrations added to it.
     let sql = format!(
-        "SET LOCAL client_min_messages = warning; {}",
+        "SET LOCAL client_min_messages = warning; {};
+         ALTER TABLE outbox_dead_letter ADD COLUMN IF NOT EXISTS error_history jsonb",
         crate::adopt::postgres::dead_letter_ddl()
     );
     sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;

@@ -12,6 +12,7 @@ use crate::record::Record;
 use crate::route::debezium::{BoundColumns, EventRouterOptions, Routed};
 use crate::route::{Envelope, Router, Template};
 use crate::store::replication::TableName;
+use crate::store::FailedAttempt;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -41,6 +42,8 @@ pub(crate) struct Event {
     pub invalid: Option<String>,
     /// Failed attempts so far (in memory).
     pub attempts: u32,
+    /// The latest failures, for the dead-letter table's error history.
+    pub history: Vec<FailedAttempt>,
     /// Memory the event holds, counted against the session's byte budget from the moment
     /// it is made until it is done.
     pub bytes: u64,
@@ -64,6 +67,7 @@ impl Event {
             origin: origin.map(Box::new),
             invalid,
             attempts: 0,
+            history: Vec::new(),
             bytes: bytes as u64,
         }
     }
