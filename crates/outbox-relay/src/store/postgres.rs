@@ -472,6 +472,20 @@ pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uu
     .fetch_all(pool)
     .await
     .map_err(db)?;
+    // An event the CDC source read from a logical decoding message (`outbox::emit`) comes back
+    // as a row whose seq is the message's LSN: move the identity past it, so no writer's
+    // insert ever draws that number.
+    if !replayed.is_empty() {
+        sqlx::query(
+            "SELECT setval(s, m)
+             FROM (SELECT pg_get_serial_sequence('outbox', 'seq') AS s,
+                          (SELECT max(seq) FROM outbox) AS m) t
+             WHERE s IS NOT NULL AND m > coalesce(pg_sequence_last_value(s::regclass), 0)",
+        )
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    }
     Ok(replayed)
 }
 
