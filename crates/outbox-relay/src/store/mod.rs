@@ -500,6 +500,8 @@ pub struct Claim {
     pub contended: bool,
     /// When nothing is claimable: time until the earliest event in backoff becomes due.
     pub next_due: Option<Duration>,
+    /// Rows this claim could not read and moved to the dead-letter table (committed).
+    pub dead_lettered: usize,
     hold: Hold,
 }
 
@@ -515,6 +517,7 @@ impl Claim {
             records,
             contended,
             next_due,
+            dead_lettered: 0,
             hold: Hold::None,
         }
     }
