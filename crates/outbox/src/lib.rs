@@ -29,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod adopt;
+#[cfg(feature = "postgres")]
+pub mod emit;
 mod enqueue;
 mod error;
 mod event;
@@ -36,6 +38,8 @@ pub mod migrate;
 #[cfg(feature = "mysql")]
 mod mysql;
 
+#[cfg(feature = "postgres")]
+pub use emit::{emit, emit_all};
 pub use enqueue::{enqueue, enqueue_all, OutboxConnection};
 pub use error::{is_undefined_table, Error};
 pub use event::Event;

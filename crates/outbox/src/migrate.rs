@@ -19,7 +19,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -42,6 +42,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: include_str!("../migrations/postgres/0004_adopt_column_types.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/postgres/0005_error_history.sql"),
     },
 ];
 
@@ -71,11 +76,15 @@ pub const SQLITE: &[Migration] = &[
         name: "adopt_column_types",
         sql: "SELECT 1",
     },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/sqlite/0005_error_history.sql"),
+    },
 ];
 
 /// Migrations for MySQL 8.0.13+ and MariaDB 10.6+, oldest first. Version 1 is the whole
-/// current schema (MySQL support came with version 4); the versions between move with
-/// PostgreSQL's. MySQL commits each DDL statement by itself: every migration is idempotent, so
+/// schema of version 4 (MySQL support came then); versions 2 to 4 move with PostgreSQL's. MySQL commits each DDL statement by itself: every migration is idempotent, so
 /// one interrupted half-way is simply applied again.
 pub const MYSQL: &[Migration] = &[
     Migration {
@@ -97,6 +106,11 @@ pub const MYSQL: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: "SELECT 1",
+    },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/mysql/0005_error_history.sql"),
     },
 ];
 
@@ -183,8 +197,10 @@ pub(crate) fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<
 #[cfg(feature = "postgres")]
 pub async fn create_dead_letter_table(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // The table as migration 1 made it, with the columns later migrations added to it.
     let sql = format!(
-        "SET LOCAL client_min_messages = warning; {}",
+        "SET LOCAL client_min_messages = warning; {};
+         ALTER TABLE outbox_dead_letter ADD COLUMN IF NOT EXISTS error_history jsonb",
         crate::adopt::postgres::dead_letter_ddl()
     );
     sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;

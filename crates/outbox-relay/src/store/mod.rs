@@ -28,8 +28,8 @@ use crate::record::Record;
 use crate::urls::redact_url;
 use replication::CdcReaders;
 
-pub use console::{AggregateCount, DeadLetterFilter, DeadLetterPage, EventState, EventView};
-pub use reports::{Backlog, DeadLetter, Status};
+pub use console::{DeadLetterFilter, DeadLetterPage, EventState, EventView, TypeCount};
+pub use reports::{Backlog, DeadLetter, FailedAttempt, Status, ERROR_HISTORY_LEN};
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -487,6 +487,8 @@ pub struct Claim {
     pub contended: bool,
     /// When nothing is claimable: time until the earliest event in backoff becomes due.
     pub next_due: Option<Duration>,
+    /// Rows this claim could not read and moved to the dead-letter table (committed).
+    pub dead_lettered: usize,
     hold: Hold,
 }
 
@@ -503,6 +505,7 @@ impl Claim {
             records,
             contended,
             next_due,
+            dead_lettered: 0,
             hold: Hold::None,
         }
     }
@@ -547,6 +550,31 @@ pub(crate) fn parse_json(text: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_history_keeps_the_latest_failures() {
+        let mut h = Vec::new();
+        for i in 0..ERROR_HISTORY_LEN + 3 {
+            FailedAttempt::push(&mut h, FailedAttempt::now(&format!("e{i}"), i % 2 == 0));
+        }
+        assert_eq!(h.len(), ERROR_HISTORY_LEN);
+        assert_eq!(h[0].error, "e3");
+        assert_eq!(
+            h[ERROR_HISTORY_LEN - 1].error,
+            format!("e{}", ERROR_HISTORY_LEN + 2)
+        );
+        // Stored and read back; PostgreSQL's timestamp spelling reads too; junk is skipped.
+        let text = serde_json::to_string(&h).unwrap();
+        assert_eq!(FailedAttempt::parse_history(Some(&text)), h);
+        let pg = r#"[{"at": "2026-12-03T22:50:29.123456+00:00", "error": "500", "counted": true},
+                     {"nonsense": 1}, 7]"#;
+        let read = FailedAttempt::parse_history(Some(pg));
+        assert_eq!(read.len(), 1);
+        assert!(read[0].counted);
+        assert!(FailedAttempt::parse_history(Some("")).is_empty());
+        assert!(FailedAttempt::parse_history(Some("{}")).is_empty());
+        assert!(FailedAttempt::parse_history(None).is_empty());
+    }
 
     #[test]
     fn backends_by_url() {

@@ -1,11 +1,12 @@
 //! What the store reports to commands and metrics: [`Status`] (`outbox status`), [`Backlog`]
-//! (the metrics' sample) and [`DeadLetter`] rows.
+//! (the metrics' sample), [`DeadLetter`] rows and their error history ([`FailedAttempt`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::replication::{CdcReaders, ReplicationSlot};
+use super::truncate_error;
 
 /// What `outbox status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -84,4 +85,55 @@ pub struct DeadLetter {
     pub error: String,
     /// When it was given up.
     pub failed_at: DateTime<Utc>,
+    /// Its last failed attempts, oldest first, the final one included (empty for dead letters
+    /// written before schema version 5).
+    pub error_history: Vec<FailedAttempt>,
+}
+
+/// Failed attempts an event's error history keeps (the latest ones).
+pub const ERROR_HISTORY_LEN: usize = 10;
+
+/// One failed attempt of an event, as its error history (`error_history`, a JSON array,
+/// oldest first) keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FailedAttempt {
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// Why (cut to [`MAX_ERROR_LEN`] characters).
+    pub error: String,
+    /// Whether it counted toward `max_attempts` (an outage does not).
+    pub counted: bool,
+}
+
+impl FailedAttempt {
+    /// A failure now.
+    pub fn now(error: &str, counted: bool) -> FailedAttempt {
+        FailedAttempt {
+            at: Utc::now(),
+            error: truncate_error(error),
+            counted,
+        }
+    }
+
+    /// Appends `attempt` to `history`, keeping the latest [`ERROR_HISTORY_LEN`].
+    pub fn push(history: &mut Vec<FailedAttempt>, attempt: FailedAttempt) {
+        history.push(attempt);
+        if history.len() > ERROR_HISTORY_LEN {
+            history.drain(..history.len() - ERROR_HISTORY_LEN);
+        }
+    }
+
+    /// Reads a stored history; entries that are not failed attempts (a hand-edited column)
+    /// are skipped, anything else is an empty history.
+    pub(crate) fn parse_history(text: Option<&str>) -> Vec<FailedAttempt> {
+        let Some(Ok(serde_json::Value::Array(items))) =
+            text.map(serde_json::from_str::<serde_json::Value>)
+        else {
+            return Vec::new();
+        };
+        items
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{bytes, lossy, placeholders, seq_list, uuid};
 use crate::error::{db, Error};
-use crate::store::{parse_json, Backlog, DeadLetter, Status};
+use crate::store::{parse_json, Backlog, DeadLetter, FailedAttempt, Status};
 
 pub(in crate::store) async fn status(pool: &MySqlPool) -> Result<Status, Error> {
     let row = sqlx::query(
@@ -91,7 +91,7 @@ pub(in crate::store) async fn dead_letters(
     let (filter, binds) = dead_match(id.as_ref().map(std::slice::from_ref));
     let sql = format!(
         "SELECT id, original_id, seq, aggregate_type, aggregate_id, event_type, payload,
-                headers, created_at, retry_count, error, failed_at
+                headers, created_at, retry_count, error, failed_at, error_history
          FROM outbox_dead_letter WHERE {filter} ORDER BY failed_at, seq LIMIT ?"
     );
     let mut query = sqlx::query(&sql);
@@ -114,6 +114,11 @@ pub(in crate::store) async fn dead_letters(
                 retry_count: row.try_get("retry_count")?,
                 error: lossy(row, "error")?,
                 failed_at: row.try_get("failed_at").unwrap_or_else(|_| Utc::now()),
+                error_history: FailedAttempt::parse_history(
+                    bytes(row, "error_history")?
+                        .map(String::from_utf8_lossy)
+                        .as_deref(),
+                ),
             })
         })
         .collect()
@@ -147,9 +152,9 @@ pub(in crate::store) async fn replay(
     let list = seq_list(&seqs);
     let sql = format!(
         "INSERT INTO outbox (seq, id, aggregate_type, aggregate_id, event_type, payload, headers,
-                             created_at, retry_count)
+                             created_at, retry_count, error_history)
          SELECT seq, original_id, aggregate_type, aggregate_id, event_type, payload, headers,
-                created_at, 0
+                created_at, 0, error_history
          FROM outbox_dead_letter WHERE seq IN ({list}) ORDER BY seq;
          DELETE FROM outbox_dead_letter WHERE seq IN ({list})"
     );

@@ -36,7 +36,7 @@ use super::{bytes, seq_list, uuid};
 use crate::error::{db, Error};
 use crate::record::Record;
 use crate::store::rows::{self, Fault, Unreadable};
-use crate::store::{truncate_error, Claim, Hold, Partition, Settlement};
+use crate::store::{truncate_error, Claim, FailedAttempt, Hold, Partition, Settlement};
 
 const CANDIDATES: &str = "
 SELECT o.seq, {mine} AS mine,
@@ -191,7 +191,9 @@ pub(in crate::store) async fn claim(
         // letters.
         dead_letter_unreadable(&mut tx, &unreadable).await?;
         tx.commit().await?;
-        return Ok(Claim::new(Vec::new(), true, None));
+        let mut claim = Claim::new(Vec::new(), true, None);
+        claim.dead_lettered = unreadable.len();
+        return Ok(claim);
     }
     let contended = total > records.len();
     let mut claim = Claim::new(records, contended, None);
@@ -302,23 +304,48 @@ async fn dead_letter_unreadable(
     Ok(())
 }
 
-/// Moves one row to the dead-letter table (its `retry_count` plus `attempt`), in `tx`.
+/// A row's error history with `attempt` appended (the latest ones kept), as JSON text. The
+/// history is built here rather than with JSON functions, which MySQL and MariaDB spell
+/// differently; a failure is rare enough for the extra read.
+async fn pushed_history(
+    tx: &mut Transaction<'static, MySql>,
+    seq: i64,
+    attempt: FailedAttempt,
+) -> Result<String, Error> {
+    let row = sqlx::query("SELECT error_history FROM outbox WHERE seq = ?")
+        .bind(seq)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    let stored = match &row {
+        Some(row) => bytes(row, "error_history")?.map(String::from_utf8_lossy),
+        None => None,
+    };
+    let mut history = FailedAttempt::parse_history(stored.as_deref());
+    FailedAttempt::push(&mut history, attempt);
+    Ok(serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Moves one row to the dead-letter table (its `retry_count` plus `attempt`), its error
+/// history ending with `error`, in `tx`.
 async fn dead_letter(
     tx: &mut Transaction<'static, MySql>,
     seq: i64,
     error: &str,
     attempt: i32,
 ) -> Result<(), Error> {
+    let history = pushed_history(tx, seq, FailedAttempt::now(error, true)).await?;
     sqlx::query(
         "INSERT INTO outbox_dead_letter
              (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-              created_at, retry_count, error)
+              created_at, retry_count, error, error_history)
          SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                created_at, retry_count + ?, ?
+                created_at, retry_count + ?, ?, ?
          FROM outbox WHERE seq = ?",
     )
     .bind(attempt)
     .bind(truncate_error(error))
+    .bind(history)
     .bind(seq)
     .execute(&mut **tx)
     .await
@@ -354,16 +381,20 @@ pub(in crate::store) async fn settle(
             .map_err(db)?;
     }
     for p in &s.retry {
+        let history =
+            pushed_history(&mut tx, p.seq, FailedAttempt::now(&p.error, p.counted)).await?;
         sqlx::query(
             "UPDATE outbox
              SET retry_count = retry_count + ?,
                  next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
-                 last_error = ?
+                 last_error = ?,
+                 error_history = ?
              WHERE seq = ?",
         )
         .bind(i32::from(p.counted))
         .bind(i64::try_from(p.delay.as_micros()).unwrap_or(i64::MAX))
         .bind(truncate_error(&p.error))
+        .bind(history)
         .bind(p.seq)
         .execute(&mut *tx)
         .await

@@ -57,19 +57,19 @@ fn columns(row: &MySqlRow) -> Result<Columns, Error> {
     })
 }
 
-pub(in crate::store) async fn counts_by_aggregate_type(
+pub(in crate::store) async fn counts_by_type(
     pool: &MySqlPool,
-) -> Result<Vec<(String, i64, i64, i64)>, Error> {
+) -> Result<Vec<(String, String, i64, i64, i64)>, Error> {
     let rows = sqlx::query(
-        "SELECT aggregate_type, CAST(SUM(pending) AS SIGNED) AS pending,
+        "SELECT aggregate_type, event_type, CAST(SUM(pending) AS SIGNED) AS pending,
                 CAST(SUM(retrying) AS SIGNED) AS retrying, CAST(SUM(dead) AS SIGNED) AS dead
-         FROM (SELECT aggregate_type, COUNT(*) AS pending, SUM(retry_count > 0) AS retrying,
-                      0 AS dead
-               FROM outbox WHERE published_at IS NULL GROUP BY aggregate_type
+         FROM (SELECT aggregate_type, event_type, COUNT(*) AS pending,
+                      SUM(retry_count > 0) AS retrying, 0 AS dead
+               FROM outbox WHERE published_at IS NULL GROUP BY aggregate_type, event_type
                UNION ALL
-               SELECT aggregate_type, 0, 0, COUNT(*)
-               FROM outbox_dead_letter GROUP BY aggregate_type) t
-         GROUP BY aggregate_type ORDER BY aggregate_type LIMIT 100",
+               SELECT aggregate_type, event_type, 0, 0, COUNT(*)
+               FROM outbox_dead_letter GROUP BY aggregate_type, event_type) t
+         GROUP BY aggregate_type, event_type ORDER BY aggregate_type, event_type LIMIT 500",
     )
     .fetch_all(pool)
     .await
@@ -78,6 +78,7 @@ pub(in crate::store) async fn counts_by_aggregate_type(
         .map(|r| {
             Ok((
                 lossy(r, "aggregate_type")?,
+                lossy(r, "event_type")?,
                 r.try_get("pending")?,
                 r.try_get("retrying")?,
                 r.try_get("dead")?,
