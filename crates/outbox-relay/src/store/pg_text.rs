@@ -33,3 +33,16 @@ pub(super) fn as_bytes(expr: &str) -> String {
 pub(super) fn not_utf8(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("22021"))
 }
+
+/// A column's bytes as PostgreSQL sent them (text arrives as its bytes), `None` for NULL.
+pub(super) fn raw<'r>(
+    row: &'r sqlx::postgres::PgRow,
+    column: &str,
+) -> Result<Option<&'r [u8]>, sqlx::Error> {
+    use sqlx::{Row, ValueRef};
+    let value = row.try_get_raw(column)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(value.as_bytes().map_err(sqlx::Error::Decode)?))
+}

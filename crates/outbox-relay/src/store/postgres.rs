@@ -1,11 +1,11 @@
 //! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, safe with any number of relays.
 
-use super::pg_text::{as_bytes, not_utf8, text_columns_as_bytes};
+use super::pg_text::{as_bytes, not_utf8, raw, text_columns_as_bytes};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Postgres, Row, Transaction, ValueRef};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::rows::{self, Fault, Read, Unreadable, PG_MAX_TIME, PG_MIN_TIME};
@@ -561,15 +561,6 @@ fn fields(row: &PgRow, seq: i64) -> Result<Record, Fault> {
         })?,
         retry_count: row.try_get::<Option<i32>, _>("retry_count")?.unwrap_or(0),
     })
-}
-
-/// A column's bytes as PostgreSQL sent them (text arrives as its bytes), `None` for NULL.
-fn raw<'r>(row: &'r PgRow, column: &str) -> Result<Option<&'r [u8]>, sqlx::Error> {
-    let value = row.try_get_raw(column)?;
-    if value.is_null() {
-        return Ok(None);
-    }
-    Ok(Some(value.as_bytes().map_err(sqlx::Error::Decode)?))
 }
 
 /// Moves claimed rows the relay cannot read into the dead-letter table, in the claim's

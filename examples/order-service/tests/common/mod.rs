@@ -122,15 +122,11 @@ pub async fn events(service: &OrderService) -> Vec<EventRow> {
             sqlx::query_as(&sql).fetch_all(p).await
         }
         OrderPool::Mysql(p) => {
-            // Binary collations: read as bytes (sqlx refuses String for them).
-            let sql = format!("SELECT {COLUMNS}, payload FROM outbox ORDER BY seq");
-            let rows: Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)>, _> =
-                sqlx::query_as(&sql).fetch_all(p).await;
-            rows.map(|rows| {
-                rows.into_iter()
-                    .map(|(a, b, c, d)| (text(a), text(b), text(c), text(d)))
-                    .collect()
-            })
+            // Binary collations: cast to text (sqlx refuses String for utf8mb4_bin columns).
+            let sql = "SELECT CAST(aggregate_type AS CHAR), CAST(aggregate_id AS CHAR),
+                              CAST(event_type AS CHAR), CAST(payload AS CHAR)
+                       FROM outbox ORDER BY seq";
+            sqlx::query_as(sql).fetch_all(p).await
         }
     }
     .expect("read the outbox");
@@ -155,10 +151,6 @@ pub async fn order_count(service: &OrderService) -> i64 {
         OrderPool::Mysql(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
     }
     .expect("count orders")
-}
-
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).expect("UTF-8")
 }
 
 /// Runs `postgres`, `mysql` or `sqlite` (statements, no parameters), whichever applies.
