@@ -254,6 +254,7 @@ async fn dead_letters_backoff_and_the_admin_commands() {
     let show = outbox(Some(&db.url), &["dlq", "show", &id]).await;
     assert_eq!(show.code, 0, "{}", show.stderr);
     assert!(show.stdout.contains(&id), "{}", show.stdout);
+    console_reads(&db.url, &id).await;
     let replay = outbox(Some(&db.url), &["dlq", "replay", &id]).await;
     assert_eq!(replay.code, 0, "{}", replay.stderr);
     let seqs: Vec<i64> = sqlx::query_scalar(
@@ -291,4 +292,43 @@ async fn dead_letters_backoff_and_the_admin_commands() {
     assert_eq!(cleanup.code, 0, "{}", cleanup.stderr);
     assert!(cleanup.stdout.contains("deleted 1 "), "{}", cleanup.stdout);
     let _ = std::fs::remove_file(out);
+}
+
+/// `outbox console` on MySQL: the overview (counts per routed topic), a dead letter's page with
+/// its error history, an event found by its id (the dead letter `original_id` names).
+async fn console_reads(url: &str, event_id: &str) {
+    let port = outbox_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut console = tokio::process::Command::new(bin())
+        .args(["console", "--listen", &listen])
+        .env("DATABASE_URL", url)
+        .env("OUTBOX_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let get = |path: String| async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    };
+    let overview = wait_until(Duration::from_secs(20), "the console", || {
+        get("/api/overview".to_string())
+    })
+    .await;
+    assert_eq!(overview.0, 200, "{}", overview.1);
+    let v: serde_json::Value = serde_json::from_str(&overview.1).unwrap();
+    assert_eq!(v["fields"]["dead_letters"], "1", "{v}");
+    assert!(v["by_topic"].to_string().contains("bad-events"), "{v}");
+    let (code, page) = get(format!("/events?id={event_id}")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("headers column must hold a JSON object"),
+        "{page}"
+    );
+    let (code, page) = get(format!("/dead-letters/{event_id}")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("error-history"), "{page}");
+    let _ = console.kill().await;
 }
