@@ -23,6 +23,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Consumers apply each event once with the [`inbox`]: the event id recorded in their own
+//! transaction, beside the event's effects.
+//!
 //! The table is a public contract (its columns are documented in the project README, under
 //! "The table"): any language may insert into it with plain SQL. [`migrate`] creates and
 //! upgrades it, idempotently.
@@ -32,6 +35,7 @@ pub mod adopt;
 mod enqueue;
 mod error;
 mod event;
+pub mod inbox;
 pub mod migrate;
 
 pub use enqueue::{enqueue, enqueue_all, OutboxConnection};

@@ -18,7 +18,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -41,6 +41,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: include_str!("../migrations/postgres/0004_adopt_column_types.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/postgres/0006_inbox.sql"),
     },
 ];
 
@@ -69,6 +74,11 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: "SELECT 1",
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/sqlite/0006_inbox.sql"),
     },
 ];
 
@@ -330,9 +340,9 @@ mod tests {
         let left = pending(POSTGRES, &[1]).unwrap();
         assert_eq!(
             left.iter().map(|m| m.version).collect::<Vec<_>>(),
-            vec![2, 3, 4]
+            vec![2, 3, 4, 6]
         );
-        assert!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 6]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })
