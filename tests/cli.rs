@@ -509,3 +509,99 @@ async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
     assert_ne!(out.status.code(), Some(101), "{stderr}");
     remove_sqlite(&path, store).await;
 }
+
+/// `cleanup --inbox`: inbox rows and positions past retention go, recent ones stay; a database
+/// without the inbox says how to create it.
+async fn cleanup_inbox_removes_only_old_rows(url: &str, pg: bool) {
+    let r = outbox(Some(url), &["cleanup", "--inbox", "--older-than", "7d"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("outbox_inbox"), "{}", r.stderr);
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default())
+        .await
+        .unwrap();
+    let (ago, recent) = if pg {
+        ("now() - interval '10 days'", "now() - interval '1 hour'")
+    } else {
+        (
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 days')",
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hours')",
+        )
+    };
+    let ids = [
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    ];
+    let fixture = format!(
+        "INSERT INTO outbox_inbox (id, consumer, received_at) VALUES
+           ('{}', 'shipping', {ago}), ('{}', 'billing', {ago}), ('{}', 'shipping', {recent});
+         INSERT INTO outbox_inbox_position (consumer, aggregate_type, aggregate_id, last_position, updated_at)
+           VALUES ('shipping', 'Order', 'o-1', 3, {ago}), ('shipping', 'Order', 'o-2', 4, {recent});",
+        ids[0], ids[1], ids[2]
+    );
+    match &store {
+        outbox_relay::Store::Postgres(p) => {
+            outbox::inbox::create_tables(&mut *p.acquire().await.unwrap())
+                .await
+                .unwrap();
+            sqlx::Executor::execute(p, fixture.as_str()).await.unwrap();
+        }
+        outbox_relay::Store::Sqlite(_) => {
+            let p = store.sqlite_pool().unwrap();
+            outbox::inbox::create_tables(&mut *p.acquire().await.unwrap())
+                .await
+                .unwrap();
+            sqlx::Executor::execute(p, fixture.as_str()).await.unwrap();
+        }
+    }
+    let r = outbox(
+        Some(url),
+        &["cleanup", "--inbox", "--older-than", "7d", "--dry-run"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("2 inbox row(s) and 1 aggregate position(s)"),
+        "{}",
+        r.stdout
+    );
+    let r = outbox(
+        Some(url),
+        &[
+            "cleanup",
+            "--inbox",
+            "--older-than",
+            "7d",
+            "--batch-size",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("deleted 2 inbox row(s) and 1 aggregate position(s)"),
+        "{}",
+        r.stdout
+    );
+    let left = store
+        .count_inbox_cleanable(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((left.received, left.positions), (1, 1), "recent rows stay");
+}
+
+#[tokio::test]
+async fn cleanup_inbox_deletes_only_rows_past_retention_postgres() {
+    let db = require!(TestDb::create().await);
+    cleanup_inbox_removes_only_old_rows(&db.url, true).await;
+}
+
+#[tokio::test]
+async fn cleanup_inbox_deletes_only_rows_past_retention_sqlite() {
+    let path = temp_path("inbox.db");
+    std::fs::File::create(&path).unwrap();
+    cleanup_inbox_removes_only_old_rows(&format!("sqlite:{}", path.display()), false).await;
+    let _ = std::fs::remove_file(&path);
+}

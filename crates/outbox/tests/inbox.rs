@@ -76,7 +76,10 @@ async fn postgres_applies_each_event_once_and_a_rollback_leaves_nothing() {
     assert_eq!(effects_pg(&pool, id).await, 0);
     assert_eq!(handle_pg(&pool, "shipping", id, true).await, Receipt::New);
     // Redelivered after the commit: a duplicate, no second effect.
-    assert_eq!(handle_pg(&pool, "shipping", id, true).await, Receipt::Duplicate);
+    assert_eq!(
+        handle_pg(&pool, "shipping", id, true).await,
+        Receipt::Duplicate
+    );
     assert!(handle_pg(&pool, "shipping", id, true).await.is_duplicate());
     assert_eq!(effects_pg(&pool, id).await, 1);
     // Another consumer of the same database sees the event as new.
