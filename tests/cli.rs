@@ -605,3 +605,63 @@ async fn cleanup_inbox_deletes_only_rows_past_retention_sqlite() {
     cleanup_inbox_removes_only_old_rows(&format!("sqlite:{}", path.display()), false).await;
     let _ = std::fs::remove_file(&path);
 }
+
+/// Runs a relay to `file:out` until the file holds `lines` lines, then stops it cleanly.
+async fn relay_to_file_until(url: &str, out: &std::path::Path, lines: usize) {
+    let mut relay = spawn_relay(
+        url,
+        &[
+            "--sink",
+            &format!("file:{}", out.display()),
+            "--poll-interval",
+            "50ms",
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the lines in the file", || async {
+        (jsonl_lines(out).len() >= lines).then_some(())
+    })
+    .await;
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
+}
+
+/// The delivery-semantics table's `file:` row: nothing dedupes, an event delivered again is
+/// written again with the same `headers.id`, and through the inbox it is applied once.
+#[tokio::test]
+async fn a_redelivered_event_is_written_again_to_a_file_and_applied_once_through_the_inbox() {
+    let out = temp_path("redelivered.jsonl");
+    let (path, url, store) = migrated_sqlite("redelivered.db").await;
+    let pool = store.sqlite_pool().unwrap().clone();
+    let event = outbox::Event::new("Order", "o-1", "OrderCreated", serde_json::json!({"n": 1}));
+    outbox::enqueue(&mut *pool.acquire().await.unwrap(), &event)
+        .await
+        .unwrap();
+    relay_to_file_until(&url, &out, 1).await;
+    // As a relay that died after the write and before its mark leaves it.
+    sqlx::query("UPDATE outbox SET published_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    relay_to_file_until(&url, &out, 2).await;
+    let lines = jsonl_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], lines[1], "the same message twice");
+    assert_eq!(lines[0]["headers"]["id"], event.id().to_string());
+
+    let mut conn = pool.acquire().await.unwrap();
+    let mut applied = 0;
+    for line in &lines {
+        let id = uuid::Uuid::parse_str(line["headers"]["id"].as_str().unwrap()).unwrap();
+        if outbox::inbox::receive(&mut *conn, "file-reader", id)
+            .await
+            .unwrap()
+            == outbox::inbox::Receipt::New
+        {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1, "applied once through the inbox");
+    drop(conn);
+    remove_sqlite(&path, store).await;
+    let _ = std::fs::remove_file(&out);
+}

@@ -57,7 +57,10 @@ async fn pipeline(sink_url: &str, options: SinkOptions, topic: &str, from: &str,
         .await
         .expect("the relay's store");
     let sink = sink::from_url(sink_url, &options).await.expect("the sink");
-    let router = Router::new(Template::parse(topic).expect("template"), Envelope::Reference);
+    let router = Router::new(
+        Template::parse(topic).expect("template"),
+        Envelope::Reference,
+    );
     let relay = Relay::new(store, Arc::from(sink), router, RelayConfig::default());
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn({
@@ -68,14 +71,21 @@ async fn pipeline(sink_url: &str, options: SinkOptions, topic: &str, from: &str,
     let topic = topic.replace("{aggregate_type:lower}", "order");
     let consumer = start(&shipping.url, from, &topic, args, &[]);
     let pool = shipping.pool().await;
-    wait_until(Duration::from_secs(60), "every order's shipment", || async {
-        let got = tables(&pool).await;
-        (got == want, got)
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "every order's shipment",
+        || async {
+            let got = tables(&pool).await;
+            (got == want, got)
+        },
+    )
     .await;
     consumer.stop().await;
     stop_relay.cancel();
-    relay.await.expect("relay task").expect("relay stops cleanly");
+    relay
+        .await
+        .expect("relay task")
+        .expect("relay stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
