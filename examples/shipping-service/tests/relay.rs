@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -61,7 +60,7 @@ async fn pipeline(sink_url: &str, options: SinkOptions, topic: &str, from: &str,
         Template::parse(topic).expect("template"),
         Envelope::Reference,
     );
-    let relay = Relay::new(store, Arc::from(sink), router, RelayConfig::default());
+    let relay = Relay::new(store, sink, router, RelayConfig::default());
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn({
         let token = stop_relay.clone();
