@@ -51,9 +51,7 @@ impl Error {
             Error::Database(err)
         }
     }
-}
 
-impl Error {
     /// Maps "relation does not exist" errors of the inbox's statements to
     /// [`Error::InboxMissing`].
     pub(crate) fn from_inbox(err: sqlx::Error) -> Self {

@@ -55,7 +55,8 @@
 //! carry data nothing later repeats, or when positions of different sources are mixed under
 //! one consumer name. The Debezium envelope carries no `seq`.
 //!
-//! All SQL of the inbox lives in this file, one module per database.
+//! All SQL of the inbox lives in this file, one module per database (its tables: migration 6,
+//! `migrations/<database>/0006_inbox.sql`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -191,153 +192,109 @@ where
     conn.inbox_create_tables().await
 }
 
+/// The statements of one database; the same `InboxConnection` code runs them.
+macro_rules! inbox_connection {
+    ($conn:ty, $sql:ident, $encode_id:expr) => {
+        impl InboxConnection for $conn {
+            fn inbox_insert<'a>(
+                &'a mut self,
+                consumer: &'a str,
+                id: Uuid,
+            ) -> BoxFuture<'a, Result<bool, Error>> {
+                Box::pin(async move {
+                    let done = sqlx::query($sql::INSERT)
+                        .bind(($encode_id)(id))
+                        .bind(consumer)
+                        .execute(&mut *self)
+                        .await
+                        .map_err(Error::from_inbox)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            fn inbox_advance<'a>(
+                &'a mut self,
+                key: PositionKey<'a>,
+                position: i64,
+            ) -> BoxFuture<'a, Result<Freshness, Error>> {
+                Box::pin(async move {
+                    let moved: Option<i64> = sqlx::query_scalar($sql::ADVANCE)
+                        .bind(key.consumer)
+                        .bind(key.aggregate_type)
+                        .bind(key.aggregate_id)
+                        .bind(position)
+                        .fetch_optional(&mut *self)
+                        .await
+                        .map_err(Error::from_inbox)?;
+                    if moved.is_some() {
+                        return Ok(Freshness::Newer);
+                    }
+                    let latest: i64 = sqlx::query_scalar($sql::LATEST)
+                        .bind(key.consumer)
+                        .bind(key.aggregate_type)
+                        .bind(key.aggregate_id)
+                        .fetch_one(&mut *self)
+                        .await?;
+                    Ok(Freshness::Stale { latest })
+                })
+            }
+
+            fn inbox_create_tables(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+                Box::pin(async move {
+                    // One transaction: the tables and their indexes, or nothing.
+                    let mut tx = sqlx::Connection::begin(&mut *self).await?;
+                    sqlx::Executor::execute(&mut *tx, $sql::CREATE).await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres {
-    use super::*;
-
-    /// The DDL, shared with migration 6.
-    pub(crate) const DDL: &str = include_str!("../migrations/postgres/0006_inbox.sql");
-
-    const INSERT: &str =
+mod postgres {
+    /// Migration 6, quiet about tables that exist already.
+    pub(super) const CREATE: &str = concat!(
+        "SET LOCAL client_min_messages = warning;\n",
+        include_str!("../migrations/postgres/0006_inbox.sql")
+    );
+    pub(super) const INSERT: &str =
         "INSERT INTO outbox_inbox (id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING";
     // ON CONFLICT DO UPDATE locks the row even when its WHERE is false: concurrent consumers of
-    // one aggregate queue, and the SELECT below reads a position that cannot move under it.
-    const ADVANCE: &str = "INSERT INTO outbox_inbox_position \
+    // one aggregate queue, and LATEST reads a position that cannot move under it.
+    pub(super) const ADVANCE: &str = "INSERT INTO outbox_inbox_position \
          (consumer, aggregate_type, aggregate_id, last_position) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (consumer, aggregate_type, aggregate_id) DO UPDATE \
          SET last_position = excluded.last_position, updated_at = now() \
          WHERE outbox_inbox_position.last_position < excluded.last_position \
          RETURNING last_position";
-    const LATEST: &str = "SELECT last_position FROM outbox_inbox_position \
+    pub(super) const LATEST: &str = "SELECT last_position FROM outbox_inbox_position \
          WHERE consumer = $1 AND aggregate_type = $2 AND aggregate_id = $3";
-
-    impl InboxConnection for sqlx::PgConnection {
-        fn inbox_insert<'a>(
-            &'a mut self,
-            consumer: &'a str,
-            id: Uuid,
-        ) -> BoxFuture<'a, Result<bool, Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(INSERT)
-                    .bind(id)
-                    .bind(consumer)
-                    .execute(&mut *self)
-                    .await
-                    .map_err(Error::from_inbox)?;
-                Ok(done.rows_affected() == 1)
-            })
-        }
-
-        fn inbox_advance<'a>(
-            &'a mut self,
-            key: PositionKey<'a>,
-            position: i64,
-        ) -> BoxFuture<'a, Result<Freshness, Error>> {
-            Box::pin(async move {
-                let moved: Option<i64> = sqlx::query_scalar(ADVANCE)
-                    .bind(key.consumer)
-                    .bind(key.aggregate_type)
-                    .bind(key.aggregate_id)
-                    .bind(position)
-                    .fetch_optional(&mut *self)
-                    .await
-                    .map_err(Error::from_inbox)?;
-                if moved.is_some() {
-                    return Ok(Freshness::Newer);
-                }
-                let latest: i64 = sqlx::query_scalar(LATEST)
-                    .bind(key.consumer)
-                    .bind(key.aggregate_type)
-                    .bind(key.aggregate_id)
-                    .fetch_one(&mut *self)
-                    .await?;
-                Ok(Freshness::Stale { latest })
-            })
-        }
-
-        fn inbox_create_tables(&mut self) -> BoxFuture<'_, Result<(), Error>> {
-            Box::pin(async move {
-                let mut tx = sqlx::Connection::begin(&mut *self).await?;
-                let sql = format!("SET LOCAL client_min_messages = warning; {DDL}");
-                sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
-                tx.commit().await?;
-                Ok(())
-            })
-        }
-    }
 }
 
+#[cfg(feature = "postgres")]
+inbox_connection!(sqlx::PgConnection, postgres, |id: Uuid| id);
+
 #[cfg(feature = "sqlite")]
-pub(crate) mod sqlite {
-    use super::*;
-
-    /// The DDL, shared with migration 6.
-    pub(crate) const DDL: &str = include_str!("../migrations/sqlite/0006_inbox.sql");
-
-    const INSERT: &str =
+mod sqlite {
+    /// Migration 6.
+    pub(super) const CREATE: &str = include_str!("../migrations/sqlite/0006_inbox.sql");
+    pub(super) const INSERT: &str =
         "INSERT INTO outbox_inbox (id, consumer) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
-    const ADVANCE: &str = "INSERT INTO outbox_inbox_position \
+    pub(super) const ADVANCE: &str = "INSERT INTO outbox_inbox_position \
          (consumer, aggregate_type, aggregate_id, last_position) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (consumer, aggregate_type, aggregate_id) DO UPDATE \
          SET last_position = excluded.last_position, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
          WHERE outbox_inbox_position.last_position < excluded.last_position \
          RETURNING last_position";
-    const LATEST: &str = "SELECT last_position FROM outbox_inbox_position \
+    pub(super) const LATEST: &str = "SELECT last_position FROM outbox_inbox_position \
          WHERE consumer = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
-
-    impl InboxConnection for sqlx::SqliteConnection {
-        fn inbox_insert<'a>(
-            &'a mut self,
-            consumer: &'a str,
-            id: Uuid,
-        ) -> BoxFuture<'a, Result<bool, Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(INSERT)
-                    .bind(id.hyphenated().to_string())
-                    .bind(consumer)
-                    .execute(&mut *self)
-                    .await
-                    .map_err(Error::from_inbox)?;
-                Ok(done.rows_affected() == 1)
-            })
-        }
-
-        fn inbox_advance<'a>(
-            &'a mut self,
-            key: PositionKey<'a>,
-            position: i64,
-        ) -> BoxFuture<'a, Result<Freshness, Error>> {
-            Box::pin(async move {
-                let moved: Option<i64> = sqlx::query_scalar(ADVANCE)
-                    .bind(key.consumer)
-                    .bind(key.aggregate_type)
-                    .bind(key.aggregate_id)
-                    .bind(position)
-                    .fetch_optional(&mut *self)
-                    .await
-                    .map_err(Error::from_inbox)?;
-                if moved.is_some() {
-                    return Ok(Freshness::Newer);
-                }
-                let latest: i64 = sqlx::query_scalar(LATEST)
-                    .bind(key.consumer)
-                    .bind(key.aggregate_type)
-                    .bind(key.aggregate_id)
-                    .fetch_one(&mut *self)
-                    .await?;
-                Ok(Freshness::Stale { latest })
-            })
-        }
-
-        fn inbox_create_tables(&mut self) -> BoxFuture<'_, Result<(), Error>> {
-            Box::pin(async move {
-                // One transaction: the tables and their indexes, or nothing.
-                let mut tx = sqlx::Connection::begin(&mut *self).await?;
-                sqlx::Executor::execute(&mut *tx, DDL).await?;
-                tx.commit().await?;
-                Ok(())
-            })
-        }
-    }
 }
+
+// Ids as hyphenated text, as in the outbox table.
+#[cfg(feature = "sqlite")]
+inbox_connection!(sqlx::SqliteConnection, sqlite, |id: Uuid| id
+    .hyphenated()
+    .to_string());
