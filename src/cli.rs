@@ -245,6 +245,11 @@ pub struct ConsoleArgs {
     )]
     pub listen: String,
 
+    /// The relay's topic template, for the overview's counts per topic (as `outbox relay
+    /// --topic`; also `[relay] topic`) [default: {aggregate_type:lower}-events].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub topic: Option<String>,
+
     #[command(flatten)]
     pub console: ConsoleToken,
 }

@@ -51,7 +51,26 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
         (
             mem,
             vec!["relay", "--sink", "stdout:", "--topic", "{nope}-events"],
-            vec!["unknown placeholder {nope}"],
+            vec!["--topic: template", "unknown placeholder {nope}"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--key", "{nope}"],
+            vec!["--key: template", "unknown placeholder {nope}"],
+        ),
+        (
+            mem,
+            vec![
+                "relay",
+                "--sink",
+                "stdout:",
+                "--debezium-connector",
+                "c.json",
+            ],
+            vec![
+                "--debezium-connector configures the CDC source",
+                "--source cdc",
+            ],
         ),
         (
             mem,

@@ -6,6 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -457,8 +459,8 @@ async fn console_alone(env: Env) {
         .text("[data-k=sink]")
         .await
         .contains("relay runs elsewhere"));
-    b.wait_text("#by-type", "counts per aggregate type", |t| {
-        t.contains(&invoice)
+    b.wait_text("#by-topic", "counts per topic", |t| {
+        t.contains(&format!("{}-events", invoice.to_lowercase())) && t.contains("OrderPlaced")
     })
     .await;
     b.shot("console-overview").await;
@@ -546,5 +548,230 @@ async fn console_alone(env: Env) {
     assert_eq!(dead_count(&pool).await, 58);
     relay.kill().await;
     let _ = console.kill().await;
+    nats.cleanup().await;
+}
+
+/// A webhook receiver on a free port that answers every POST with the status the test sets.
+struct Hook {
+    status: Arc<AtomicU16>,
+    received: Arc<AtomicUsize>,
+    url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Hook {
+    async fn start(status: u16) -> Hook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the webhook receiver");
+        let port = listener.local_addr().expect("its address").port();
+        let (answer, received) = (
+            Arc::new(AtomicU16::new(status)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (a, r) = (answer.clone(), received.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (a, r) = (a.clone(), r.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let code = a.load(Ordering::SeqCst);
+                    axum::http::StatusCode::from_u16(code)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Hook {
+            status: answer,
+            received,
+            url: format!("http://127.0.0.1:{port}/hook"),
+            server,
+        }
+    }
+
+    fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// On SQLite, through a webhook that first answers 503 (the sink is down: not counted), then
+/// 500 (counted: the event is dead-lettered after 2 attempts), then 200: the overview shows
+/// the sink down since when and back, the counts per routed topic; the dead letter's detail
+/// shows its error history, outages marked; finding the event by id says where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_sink_and_an_error_history_on_sqlite() {
+    in_browser(sqlite_console).await;
+}
+
+async fn sqlite_console(env: Env) {
+    let Env { b, .. } = &env;
+    let (path, url, store) = migrated_sqlite("console").await;
+    let pool = store.sqlite_pool().expect("a SQLite store").clone();
+    let event: String = sqlx::query_scalar(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('Parcel', 'p-1', 'ParcelSent', '{\"n\": 1}') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("insert an event");
+    let hook = Hook::start(503).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut relay = spawn_relay(
+        &url,
+        &[
+            "--sink",
+            &hook.url,
+            "--listen",
+            &listen,
+            "--poll-interval",
+            "100ms",
+            "--max-attempts",
+            "2",
+            "--backoff-base",
+            "100ms",
+            "--backoff-max",
+            "300ms",
+        ],
+    );
+    wait_listening(port).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    // The sink answers 503: down, since when; the event waits, counted per topic.
+    b.goto(&format!("{base}/")).await;
+    b.wait_text("[data-k=sink]", "the sink shown down", |t| {
+        t.starts_with("unreachable since")
+    })
+    .await;
+    let sink = b.find("span[data-s=sink]").await;
+    assert_eq!(
+        sink.attr("data-state").await.expect("attr").as_deref(),
+        Some("down")
+    );
+    let topics = b
+        .wait_text("#by-topic", "the event counted under its topic", |t| {
+            t.contains("parcel-events")
+        })
+        .await;
+    assert!(topics.contains("Parcel: ParcelSent"), "{topics}");
+    b.shot("sink-down").await;
+
+    // 500s count: two attempts, then the dead-letter table. The sink answered: reachable.
+    hook.answer(500);
+    wait_until(WAIT, "the event to be dead-lettered", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    b.wait_text("[data-k=sink]", "the sink shown back", |t| t == "reachable")
+        .await;
+    b.wait_text("[data-k=dead_letters]", "one dead letter", |t| t == "1")
+        .await;
+
+    // Its detail: the history ends with the counted 500s, after the outage's entries.
+    b.goto(&format!("{base}/dead-letters")).await;
+    b.click("#dead-letters tbody a").await;
+    let history = b.text("#error-history tbody").await;
+    let lines: Vec<&str> = history.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        history.contains("outage (not counted)"),
+        "the 503s are in the history: {history}"
+    );
+    assert!(
+        lines.last().is_some_and(|l| l.contains("attempt")) && history.contains("500"),
+        "the last entry is the counted 500: {history}"
+    );
+    b.shot("error-history").await;
+
+    // Found by id on SQLite: dead-lettered, with why.
+    b.goto(&format!("{base}/events?id={event}")).await;
+    let found = b.find("#event").await;
+    assert_eq!(
+        found.attr("data-state").await.expect("attr").as_deref(),
+        Some("dead_lettered")
+    );
+    assert!(hook.received.load(Ordering::SeqCst) >= 2);
+    relay.kill().await;
+    remove_sqlite(&path, store).await;
+}
+
+/// The CDC relay's console: its phase (streaming from its slot; a second relay on the same
+/// slot shows standby) and the replication slot with its lag and retained WAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cdc_slot_panel_active_and_standby() {
+    in_browser(cdc_console).await;
+}
+
+async fn cdc_console(env: Env) {
+    let Env { db, nats, b } = &env;
+    let pool = migrate(db).await;
+    let slot = format!(
+        "console_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let stream = nats.stream();
+    let (p1, p2) = (free_port(), free_port());
+    let cdc = |port: u16| {
+        let listen = format!("127.0.0.1:{port}");
+        spawn_relay(
+            &db.url,
+            &[
+                "--source",
+                "cdc",
+                "--slot",
+                &slot,
+                "--sink",
+                "nats://127.0.0.1:4222",
+                "--nats-stream",
+                &stream,
+                "--listen",
+                &listen,
+            ],
+        )
+    };
+    let mut active = cdc(p1);
+    wait_listening(p1).await;
+    b.goto(&format!("http://127.0.0.1:{p1}/")).await;
+    b.wait_text("[data-k=cdc]", "the relay streaming", |t| {
+        t == format!("active: streaming from slot {slot}")
+    })
+    .await;
+    let slots = b
+        .wait_text("#slots", "the slot in the slot table", |t| {
+            t.contains(&slot)
+        })
+        .await;
+    assert!(slots.contains("active"), "{slots}");
+    // An event goes through: the slot panel stays, the pending count is the table's rows.
+    event(&pool, &format!("Order{}", nats.prefix), "o-1", 1).await;
+    wait_stream_len(nats, &stream, 1, WAIT).await;
+    b.shot("cdc-overview").await;
+
+    let mut standby = cdc(p2);
+    wait_listening(p2).await;
+    b.goto(&format!("http://127.0.0.1:{p2}/")).await;
+    b.wait_text("[data-k=cdc]", "the second relay in standby", |t| {
+        t == format!("standby: another reader holds slot {slot}")
+    })
+    .await;
+    b.shot("cdc-standby").await;
+    standby.kill().await;
+    active.kill().await;
+    outbox_relay::store::replication::drop_slot(&pool, &slot, Duration::from_secs(10))
+        .await
+        .expect("drop the test's slot");
     nats.cleanup().await;
 }

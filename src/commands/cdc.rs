@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outbox_relay::redact_url;
 use outbox_relay::sink;
-use outbox_relay::source::cdc::CdcRelay;
+use outbox_relay::source::cdc::{CdcRelay, CdcRouting};
 use outbox_relay::store::{ConnectOptions, Store};
 
 use crate::error::CliError;
@@ -38,6 +38,10 @@ pub async fn run(s: CdcSettings) -> Result<(), CliError> {
     let live_window =
         (s.options.heartbeat_interval.max(s.options.standby_poll) * 3).max(Duration::from_secs(60));
     let slot = s.options.slot.clone();
+    let topic = match &s.routing {
+        CdcRouting::Router(router) => Some(router.topic().clone()),
+        CdcRouting::EventRouter(_) => None,
+    };
     let relay = CdcRelay::new(store, &s.database_url, sink.clone(), s.routing, s.options);
     let shutdown = crate::signals::shutdown_token();
     if let Some(listener) = listener {
@@ -54,6 +58,7 @@ pub async fn run(s: CdcSettings) -> Result<(), CliError> {
             },
             live_window,
             console_token: s.console_token.clone(),
+            topic,
             ready_window: Duration::from_secs(30),
         };
         listener.serve(target, shutdown.clone());

@@ -31,6 +31,7 @@ pub async fn run(s: ConsoleSettings) -> Result<(), CliError> {
             database_url: s.database_url,
             relay: None,
             token: s.token,
+            topic: Some(s.topic),
         },
         Some(store),
     );

@@ -28,6 +28,7 @@ pub async fn run(settings: PollSettings) -> Result<(), CliError> {
     store.check_poll_source(settings.allow_with_cdc).await?;
     // Claims come at least once per poll interval: three missed ones is trouble.
     let window = settings.config.poll.poll_interval * 3;
+    let topic = settings.router.topic().clone();
     let relay = Relay::new(store, sink.clone(), settings.router, settings.config);
     let shutdown = crate::signals::shutdown_token();
     if let Some(listener) = listener {
@@ -44,6 +45,7 @@ pub async fn run(settings: PollSettings) -> Result<(), CliError> {
             },
             live_window: window.max(Duration::from_secs(60)),
             console_token: settings.console_token.clone(),
+            topic: Some(topic),
             ready_window: window.max(Duration::from_secs(30)),
         };
         listener.serve(target, shutdown.clone());

@@ -47,6 +47,9 @@ pub struct Target {
     pub ready_window: Duration,
     /// The web console's action token (`--console-token`); `None` disables its actions.
     pub console_token: Option<String>,
+    /// The relay's topic template, for the console's counts per topic (`None` when the
+    /// relay routes otherwise: Debezium's EventRouter).
+    pub topic: Option<outbox_relay::route::Template>,
 }
 
 /// A bound listener with the metrics recorder installed, not serving yet.
@@ -122,6 +125,7 @@ impl Listener {
                     slot: t.sampled.slot.clone(),
                 }),
                 token: t.console_token.clone(),
+                topic: t.topic.clone(),
             },
             None,
         );
@@ -215,13 +219,17 @@ fn describe(p: &Problem, t: &Target) -> String {
     }
 }
 
-/// `--listen` / `OUTBOX_LISTEN` / `[http] listen`: `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for
-/// every interface.
+/// `--listen` / `OUTBOX_LISTEN` / `[http] listen`: `HOST:PORT`, `[IPv6]:PORT`, or `:PORT`
+/// (and a bare `PORT`) for 127.0.0.1 only; `0.0.0.0:PORT` for every interface.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
     let text = text.trim();
-    let full = match text.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => text.to_string(),
+    // A bare port (`:9090` or `9090`) stays on this machine: the console's actions and the
+    // metrics are not for the network unless an address says so (`0.0.0.0:9090`).
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    let full = if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port_only}")
+    } else {
+        text.to_string()
     };
     if let Ok(addr) = full.parse::<SocketAddr>() {
         return Ok(addr);
@@ -231,7 +239,7 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
         .and_then(|mut a| a.next())
         .ok_or_else(|| {
             CliError::usage(format!(
-                "--listen {text:?}: expected HOST:PORT, e.g. 0.0.0.0:9090 or 127.0.0.1:9090"
+                "--listen {text:?}: expected HOST:PORT or :PORT (127.0.0.1), e.g. 127.0.0.1:9090 or 0.0.0.0:9090 for every interface"
             ))
         })
 }
@@ -246,7 +254,10 @@ mod tests {
             parse_listen("127.0.0.1:9090").unwrap(),
             "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
         );
-        assert_eq!(parse_listen(":9090").unwrap().port(), 9090);
+        let local: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(parse_listen(":9090").unwrap(), local);
+        assert_eq!(parse_listen("9090").unwrap(), local);
+        assert!(parse_listen("0.0.0.0:9090").unwrap().ip().is_unspecified());
         assert!(parse_listen("[::1]:9090").unwrap().is_ipv6());
         assert_eq!(parse_listen("localhost:9091").unwrap().port(), 9091);
         assert_eq!(parse_listen("nonsense").unwrap_err().code, 2);

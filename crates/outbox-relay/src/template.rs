@@ -73,9 +73,7 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => name.push(c),
-                            None => {
-                                return Err(format!("topic template {source:?}: unclosed '{{'"))
-                            }
+                            None => return Err(format!("template {source:?}: unclosed '{{'")),
                         }
                     }
                     if !literal.is_empty() {
@@ -83,7 +81,7 @@ impl Template {
                     }
                     parts.push(parse_placeholder(source, &name, with_topic)?);
                 }
-                '}' => return Err(format!("topic template {source:?}: unmatched '}}'")),
+                '}' => return Err(format!("template {source:?}: unmatched '}}'")),
                 c => literal.push(c),
             }
         }
@@ -91,7 +89,7 @@ impl Template {
             parts.push(Part::Literal(literal));
         }
         if parts.is_empty() {
-            return Err("topic template is empty".into());
+            return Err("the template is empty".into());
         }
         Ok(Template {
             source: source.to_string(),
@@ -112,6 +110,23 @@ impl Template {
             Field::EventType => &record.event_type,
             // Refused by `parse`: a topic template cannot refer to the topic.
             Field::Topic => "",
+        })
+    }
+
+    /// Renders the template for events of one aggregate type and event type, without an
+    /// aggregate id: `None` when the template uses `{aggregate_id}` (then the topic is per
+    /// aggregate, not per type). What the web console groups its counts by.
+    pub fn render_type(&self, aggregate_type: &str, event_type: &str) -> Option<String> {
+        let per_aggregate = self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Field(Field::AggregateId, _)));
+        (!per_aggregate).then(|| {
+            self.render_with(|field| match field {
+                Field::AggregateType => aggregate_type,
+                Field::EventType => event_type,
+                Field::AggregateId | Field::Topic => "",
+            })
         })
     }
 
@@ -171,7 +186,7 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
         }
         other => {
             return Err(format!(
-                "topic template {source:?}: unknown placeholder {{{other}}}; \
+                "template {source:?}: unknown placeholder {{{other}}}; \
                  use {{aggregate_type}}, {{aggregate_id}} or {{event_type}}"
             ))
         }
@@ -182,7 +197,7 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
         Some("upper") => Filter::Upper,
         Some(other) => {
             return Err(format!(
-                "topic template {source:?}: unknown filter :{other}; use :lower or :upper"
+                "template {source:?}: unknown filter :{other}; use :lower or :upper"
             ))
         }
     };
@@ -192,6 +207,17 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_per_type_unless_per_aggregate() {
+        let t = Template::parse("{aggregate_type:lower}.{event_type}").unwrap();
+        assert_eq!(
+            t.render_type("Order", "OrderPlaced").as_deref(),
+            Some("order.OrderPlaced")
+        );
+        let per_aggregate = Template::parse("orders.{aggregate_id}").unwrap();
+        assert_eq!(per_aggregate.render_type("Order", "OrderPlaced"), None);
+    }
 
     fn record() -> Record {
         Record {

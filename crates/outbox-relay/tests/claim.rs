@@ -337,3 +337,83 @@ async fn inserts_notify_only_while_a_relay_waits() {
     insert(&s, &[("a", 3)]).await;
     assert!(tokio::time::timeout(quiet, listener.recv()).await.is_err());
 }
+
+/// Two retries (an outage, then a counted failure) and the final failure: the dead letter's
+/// error history holds all three, oldest first; replay carries it back to the row. PostgreSQL
+/// and SQLite alike.
+#[tokio::test]
+async fn a_dead_letter_keeps_its_error_history() {
+    let db = require!(TestDb::create().await);
+    let path = std::env::temp_dir().join(format!(
+        "outbox-history-{}.db",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let sqlite_url = format!("sqlite:{}", path.display());
+    let sqlite = Store::connect(
+        &sqlite_url,
+        &ConnectOptions {
+            create_sqlite_file: true,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sqlite.migrate().await.unwrap();
+    sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('T', 'a', 'E', '{\"n\": 1}')")
+        .execute(sqlite.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    let pg = store(&db).await;
+    insert(&pg, &[("a", 1)]).await;
+    for s in [&pg, &sqlite] {
+        for (error, counted) in [("connection refused", false), ("HTTP 500", true)] {
+            let c = s.claim(10, false).await.unwrap();
+            let seq = c.records[0].seq;
+            c.settle(&Settlement {
+                retry: vec![postponed(seq, 0, error, counted)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let c = s.claim(10, false).await.unwrap();
+        let (seq, id) = (c.records[0].seq, c.records[0].id);
+        c.settle(&Settlement {
+            dead: vec![(seq, "HTTP 400: refused".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dead = s.dead_letter(id).await.unwrap().unwrap();
+        let history: Vec<(&str, bool)> = dead
+            .error_history
+            .iter()
+            .map(|f| (f.error.as_str(), f.counted))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("connection refused", false),
+                ("HTTP 500", true),
+                ("HTTP 400: refused", true)
+            ],
+            "{s:?}"
+        );
+        assert!(dead.error_history.windows(2).all(|w| w[0].at <= w[1].at));
+        assert_eq!(dead.retry_count, 2, "the outage did not count");
+
+        // Replayed, failed once more: the history goes on.
+        s.replay(Some(&[id])).await.unwrap();
+        let c = s.claim(10, false).await.unwrap();
+        c.settle(&Settlement {
+            dead: vec![(seq, "again".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dead = s.dead_letter(id).await.unwrap().unwrap();
+        assert_eq!(dead.error_history.len(), 4);
+        assert_eq!(dead.error_history[3].error, "again");
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -53,7 +53,8 @@
 //! dead letter while later events of its aggregate went ahead (`on_dead_letter = "proceed"`:
 //! the replayed event is older than what was applied and would be skipped), for events that
 //! carry data nothing later repeats, or when positions of different sources are mixed under
-//! one consumer name. The Debezium envelope carries no `seq`.
+//! one consumer name, or for an aggregate written both as rows and as messages ([`crate::emit`]:
+//! a message's `seq` is its LSN). The Debezium envelope carries no `seq`.
 //!
 //! All SQL of the inbox lives in this file, one module per database (its tables: migration 6,
 //! `migrations/<database>/0006_inbox.sql`).

@@ -32,12 +32,16 @@
 #![warn(missing_docs)]
 
 pub mod adopt;
+#[cfg(feature = "postgres")]
+pub mod emit;
 mod enqueue;
 mod error;
 mod event;
 pub mod inbox;
 pub mod migrate;
 
+#[cfg(feature = "postgres")]
+pub use emit::{emit, emit_all};
 pub use enqueue::{enqueue, enqueue_all, OutboxConnection};
 pub use error::{is_undefined_table, Error};
 pub use event::Event;

@@ -43,6 +43,11 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../migrations/postgres/0004_adopt_column_types.sql"),
     },
     Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/postgres/0005_error_history.sql"),
+    },
+    Migration {
         version: 6,
         name: "inbox",
         sql: include_str!("../migrations/postgres/0006_inbox.sql"),
@@ -74,6 +79,11 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "adopt_column_types",
         sql: "SELECT 1",
+    },
+    Migration {
+        version: 5,
+        name: "error_history",
+        sql: include_str!("../migrations/sqlite/0005_error_history.sql"),
     },
     Migration {
         version: 6,
@@ -165,8 +175,10 @@ fn pending(all: &'static [Migration], applied: &[i64]) -> Result<Vec<Migration>,
 #[cfg(feature = "postgres")]
 pub async fn create_dead_letter_table(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // The table as migration 1 made it, with the columns later migrations added to it.
     let sql = format!(
-        "SET LOCAL client_min_messages = warning; {}",
+        "SET LOCAL client_min_messages = warning; {};
+         ALTER TABLE outbox_dead_letter ADD COLUMN IF NOT EXISTS error_history jsonb",
         crate::adopt::postgres::dead_letter_ddl()
     );
     sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
@@ -340,9 +352,9 @@ mod tests {
         let left = pending(POSTGRES, &[1]).unwrap();
         assert_eq!(
             left.iter().map(|m| m.version).collect::<Vec<_>>(),
-            vec![2, 3, 4, 6]
+            vec![2, 3, 4, 5, 6]
         );
-        assert!(pending(POSTGRES, &[1, 2, 3, 4, 6]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

@@ -176,11 +176,27 @@ pub async fn detail(State(c): State<Arc<Console>>, Path(id): Path<String>) -> Re
             dt { "seq" } dd { (d.seq) }
             dt { "created" } dd { (layout::time(d.created_at)) }
             dt { "dead-lettered" } dd { (layout::time(d.failed_at)) }
-            dt { "error history" } dd {
+            dt { "error" } dd {
                 p { (d.retry_count) " attempt(s); the error that gave it up:" }
                 pre.error-text { (d.error) }
-                p.note { "The outbox keeps each event's last error only: earlier attempts' \
-                          errors are in the relay's log." }
+            }
+            dt { "error history" } dd {
+                @if d.error_history.is_empty() {
+                    p.note { "None recorded (dead-lettered before schema version 5)." }
+                } @else {
+                    table #error-history {
+                        thead { tr { th { "when" } th { "counted" } th { "error" } } }
+                        tbody { @for f in &d.error_history {
+                            tr {
+                                td { (layout::time(f.at)) }
+                                td { @if f.counted { "attempt" } @else { "outage (not counted)" } }
+                                td { pre.error-text { (f.error) } }
+                            }
+                        } }
+                    }
+                    p.note { "The last " (d.error_history.len()) " failure(s), oldest first \
+                              (up to " (outbox_relay::store::ERROR_HISTORY_LEN) " are kept)." }
+                }
             }
             dt { "payload" } dd { pre.payload #payload { (layout::json(&d.payload)) } }
             dt { "headers" } dd { pre { (d.headers.as_ref().map(layout::json).unwrap_or_default()) } }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
+use outbox_relay::route::Template;
 use outbox_relay::store::{ConnectOptions, Store};
 use outbox_relay::Stats;
 use tokio::sync::OnceCell;
@@ -53,6 +54,9 @@ pub struct ConsoleOptions {
     pub relay: Option<RelayView>,
     /// The token actions need; `None` disables them.
     pub token: Option<String>,
+    /// The topic template events are routed by, for the counts per topic (`None`: counts per
+    /// aggregate type and event type).
+    pub topic: Option<Template>,
 }
 
 /// The console's state, shared by its handlers.
@@ -61,6 +65,7 @@ pub struct Console {
     database_shown: String,
     store: OnceCell<Store>,
     relay: Option<RelayView>,
+    topic: Option<Template>,
     guard: guard::Guard,
     rate: Mutex<Rate>,
 }
@@ -90,6 +95,7 @@ impl Console {
             database_shown: options.database_shown,
             store: cell,
             relay: options.relay,
+            topic: options.topic,
             guard: guard::Guard::new(options.token),
             rate: Mutex::new(Rate::default()),
         })

@@ -1,5 +1,5 @@
 //! The overview: pending events, the oldest pending age, the delivery rate over the last
-//! minutes, retrying events, dead letters, counts per aggregate type, the sink and its state,
+//! minutes, retrying events, dead letters, counts per routed topic, the sink and its state,
 //! and for CDC the slots with their lag and retained WAL. The page is rendered with the values
 //! of the moment; `console.js` then polls `/api/overview` every 2 s and puts the new texts in
 //! place (no reload). The numbers come from [`Store::status`], as `outbox status` prints them.
@@ -13,7 +13,8 @@ use axum::Json;
 use chrono::Utc;
 use maud::{html, Markup};
 use outbox_relay::health::CdcPhase;
-use outbox_relay::store::{AggregateCount, Status, Store};
+use outbox_relay::route::Template;
+use outbox_relay::store::{Status, Store, TypeCount};
 use serde::Serialize;
 
 use super::layout::{self, Nav};
@@ -26,8 +27,8 @@ pub struct Overview {
     fields: BTreeMap<&'static str, String>,
     /// `data-s` key → state (`ok`, `warn`, `down`, `unknown`), for colours.
     states: BTreeMap<&'static str, &'static str>,
-    /// Aggregate type, pending, retrying, dead letters.
-    by_type: Vec<[String; 4]>,
+    /// Topic, the aggregate and event types routed there, pending, retrying, dead letters.
+    by_topic: Vec<[String; 5]>,
     /// Slot, active, lag, retained WAL, WAL status.
     slots: Vec<[String; 5]>,
     /// `(unix ms, events per second)`.
@@ -36,11 +37,51 @@ pub struct Overview {
 
 async fn gather(c: &Console, store: &Store) -> Result<Overview, outbox_relay::Error> {
     let status = store.status().await?;
-    let by_type = store.counts_by_aggregate_type().await?;
+    let by_type = store.counts_by_type().await?;
     Ok(build(c, &status, &by_type))
 }
 
-fn build(c: &Console, st: &Status, by_type: &[AggregateCount]) -> Overview {
+/// Counts per topic: each (aggregate type, event type) pair's counts added to the topic the
+/// template names for it. Without a template (Debezium's EventRouter routes by row) or with one
+/// that names `{aggregate_id}` (a topic per aggregate), the pairs are listed as they are.
+fn per_topic(topic: Option<&Template>, counts: &[TypeCount]) -> Vec<[String; 5]> {
+    /// Aggregate type → its event types routed to one topic.
+    type Routed<'a> = BTreeMap<&'a str, Vec<&'a str>>;
+    let mut topics: BTreeMap<String, (Routed, [i64; 3])> = BTreeMap::new();
+    for c in counts {
+        let name = match topic.and_then(|t| t.render_type(&c.aggregate_type, &c.event_type)) {
+            Some(name) => name,
+            None => format!("({} / {})", c.aggregate_type, c.event_type),
+        };
+        let (types, n) = topics.entry(name).or_default();
+        types
+            .entry(c.aggregate_type.as_str())
+            .or_default()
+            .push(c.event_type.as_str());
+        n[0] += c.pending;
+        n[1] += c.retrying;
+        n[2] += c.dead_letters;
+    }
+    topics
+        .into_iter()
+        .map(|(name, (types, n))| {
+            let types = types
+                .iter()
+                .map(|(agg, events)| format!("{agg}: {}", events.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            [
+                name,
+                types,
+                n[0].to_string(),
+                n[1].to_string(),
+                n[2].to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn build(c: &Console, st: &Status, by_type: &[TypeCount]) -> Overview {
     let mut fields = BTreeMap::new();
     let mut states = BTreeMap::new();
     fields.insert("pending", st.pending.to_string());
@@ -84,17 +125,7 @@ fn build(c: &Console, st: &Status, by_type: &[AggregateCount]) -> Overview {
     Overview {
         fields,
         states,
-        by_type: by_type
-            .iter()
-            .map(|a| {
-                [
-                    a.aggregate_type.clone(),
-                    a.pending.to_string(),
-                    a.retrying.to_string(),
-                    a.dead_letters.to_string(),
-                ]
-            })
-            .collect(),
+        by_topic: per_topic(c.topic.as_ref(), by_type),
         slots: st
             .replication_slots
             .iter()
@@ -197,11 +228,17 @@ pub async fn page(State(c): State<Arc<Console>>) -> Response {
             }
         }
         section {
-            h2 { "Per aggregate type (the usual topic key)" }
+            h2 { "Per topic" }
+            @match &c.topic {
+                Some(t) => p.note { "Topics as the template " code { (t.as_str()) }
+                    " names them (pending, retrying and dead-lettered events)." },
+                None => p.note { "Routed by Debezium's EventRouter (per row): counts per \
+                    aggregate type and event type." },
+            }
             table {
-                thead { tr { th { "aggregate type" } th { "pending" } th { "retrying" }
-                             th { "dead letters" } } }
-                tbody #by-type { @for row in &o.by_type { (table_row(row)) } }
+                thead { tr { th { "topic" } th { "aggregate: event types" } th { "pending" }
+                             th { "retrying" } th { "dead letters" } } }
+                tbody #by-topic { @for row in &o.by_topic { (table_row(row)) } }
             }
         }
     };

@@ -8,7 +8,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::replication::{quote_ident, TableName};
-use super::truncate_error;
+use super::{truncate_error, FailedAttempt};
 use crate::error::{db, Error};
 use crate::record::Record;
 
@@ -44,6 +44,8 @@ pub struct DeadLetterRow<'a> {
     pub attempts: u32,
     /// Why it was given up.
     pub error: &'a str,
+    /// Its earlier failed attempts, oldest first (the final one is added on writing).
+    pub history: &'a [FailedAttempt],
 }
 
 /// The statement that moves events into the dead-letter table: the same rows the polling
@@ -68,11 +70,11 @@ pub fn dead_letter_sql(tables: &[CapturedTable]) -> String {
     sql.push_str(
         "INSERT INTO outbox_dead_letter
              (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-              created_at, retry_count, error)
-         SELECT u.id, u.seq, u.t, u.a, u.e, u.p::jsonb, u.h::jsonb, u.c, u.r, u.err
+              created_at, retry_count, error, error_history)
+         SELECT u.id, u.seq, u.t, u.a, u.e, u.p::jsonb, u.h::jsonb, u.c, u.r, u.err, u.hist::jsonb
          FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::timestamptz[], $9::int4[], $10::text[])
-              AS u(id, seq, t, a, e, p, h, c, r, err)",
+                     $7::text[], $8::timestamptz[], $9::int4[], $10::text[], $11::text[])
+              AS u(id, seq, t, a, e, p, h, c, r, err, hist)",
     );
     sql
 }
@@ -102,6 +104,7 @@ pub async fn insert_dead_letters(
     let mut created = Vec::with_capacity(n);
     let mut retries = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
+    let mut histories = Vec::with_capacity(n);
     for d in dead {
         let o = d.record;
         ids.push(o.id);
@@ -119,6 +122,9 @@ pub async fn insert_dead_letters(
         created.push(o.created_at);
         retries.push(i32::try_from(d.attempts).unwrap_or(i32::MAX));
         errors.push(truncate_error(d.error));
+        let mut history = d.history.to_vec();
+        FailedAttempt::push(&mut history, FailedAttempt::now(d.error, true));
+        histories.push(serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()));
     }
     sqlx::query(sql)
         .bind(&ids)
@@ -131,6 +137,7 @@ pub async fn insert_dead_letters(
         .bind(&created)
         .bind(&retries)
         .bind(&errors)
+        .bind(&histories)
         .execute(pool)
         .await
         .map_err(db)?;

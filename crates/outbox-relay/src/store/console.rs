@@ -12,11 +12,14 @@ use super::sqlite::{parse_ts, ts};
 use super::{parse_json, Store};
 use crate::error::{db, Error};
 
-/// Pending, retrying and dead-lettered events of one aggregate type (the usual topic key).
+/// Pending, retrying and dead-lettered events of one aggregate type and event type (what a
+/// topic template names: the web console adds them up per routed topic).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AggregateCount {
+pub struct TypeCount {
     /// The aggregate type.
     pub aggregate_type: String,
+    /// The event type.
+    pub event_type: String,
     /// Events not yet delivered.
     pub pending: i64,
     /// Pending events that failed at least once.
@@ -270,33 +273,34 @@ const SUMMARY_COLUMNS: &str =
 pub const MAX_REPLAY_MATCHING: i64 = 10_000;
 
 impl Store {
-    /// Pending, retrying and dead-lettered events per aggregate type (at most 100 types).
-    pub async fn counts_by_aggregate_type(&self) -> Result<Vec<AggregateCount>, Error> {
-        let rows: Vec<(String, i64, i64, i64)> = match self {
+    /// Pending, retrying and dead-lettered events per aggregate type and event type (at most
+    /// 500 pairs).
+    pub async fn counts_by_type(&self) -> Result<Vec<TypeCount>, Error> {
+        let rows: Vec<(String, String, i64, i64, i64)> = match self {
             Store::Postgres(pool) => sqlx::query_as(
-                "SELECT aggregate_type, sum(pending)::bigint, sum(retrying)::bigint,
+                "SELECT aggregate_type, event_type, sum(pending)::bigint, sum(retrying)::bigint,
                         sum(dead)::bigint
-                 FROM (SELECT aggregate_type, count(*) AS pending,
+                 FROM (SELECT aggregate_type, event_type, count(*) AS pending,
                               count(*) FILTER (WHERE retry_count > 0) AS retrying,
                               0::bigint AS dead
-                       FROM outbox WHERE published_at IS NULL GROUP BY aggregate_type
+                       FROM outbox WHERE published_at IS NULL GROUP BY 1, 2
                        UNION ALL
-                       SELECT aggregate_type, 0, 0, count(*)
-                       FROM outbox_dead_letter GROUP BY aggregate_type) t
-                 GROUP BY aggregate_type ORDER BY aggregate_type LIMIT 100",
+                       SELECT aggregate_type, event_type, 0, 0, count(*)
+                       FROM outbox_dead_letter GROUP BY 1, 2) t
+                 GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 500",
             )
             .fetch_all(pool)
             .await
             .map_err(db)?,
             Store::Sqlite(s) => sqlx::query_as(
-                "SELECT aggregate_type, sum(pending), sum(retrying), sum(dead)
-                 FROM (SELECT aggregate_type, count(*) AS pending,
+                "SELECT aggregate_type, event_type, sum(pending), sum(retrying), sum(dead)
+                 FROM (SELECT aggregate_type, event_type, count(*) AS pending,
                               coalesce(sum(retry_count > 0), 0) AS retrying, 0 AS dead
-                       FROM outbox WHERE published_at IS NULL GROUP BY aggregate_type
+                       FROM outbox WHERE published_at IS NULL GROUP BY 1, 2
                        UNION ALL
-                       SELECT aggregate_type, 0, 0, count(*)
-                       FROM outbox_dead_letter GROUP BY aggregate_type)
-                 GROUP BY aggregate_type ORDER BY aggregate_type LIMIT 100",
+                       SELECT aggregate_type, event_type, 0, 0, count(*)
+                       FROM outbox_dead_letter GROUP BY 1, 2)
+                 GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 500",
             )
             .fetch_all(&s.pool)
             .await
@@ -305,8 +309,9 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(aggregate_type, pending, retrying, dead_letters)| AggregateCount {
+                |(aggregate_type, event_type, pending, retrying, dead_letters)| TypeCount {
                     aggregate_type,
+                    event_type,
                     pending,
                     retrying,
                     dead_letters,

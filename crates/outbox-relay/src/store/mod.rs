@@ -28,11 +28,59 @@ use crate::record::Record;
 use crate::urls::redact_url;
 use replication::{CdcReaders, ReplicationSlot};
 
-pub use console::{AggregateCount, DeadLetterFilter, DeadLetterPage, EventState, EventView};
+pub use console::{DeadLetterFilter, DeadLetterPage, EventState, EventView, TypeCount};
 pub use inbox::InboxRows;
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
+
+/// Failed attempts an event's error history keeps (the latest ones).
+pub const ERROR_HISTORY_LEN: usize = 10;
+
+/// One failed attempt of an event, as its error history (`error_history`, a JSON array,
+/// oldest first) keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FailedAttempt {
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// Why (cut to [`MAX_ERROR_LEN`] characters).
+    pub error: String,
+    /// Whether it counted toward `max_attempts` (an outage does not).
+    pub counted: bool,
+}
+
+impl FailedAttempt {
+    /// A failure now.
+    pub fn now(error: &str, counted: bool) -> FailedAttempt {
+        FailedAttempt {
+            at: Utc::now(),
+            error: truncate_error(error),
+            counted,
+        }
+    }
+
+    /// Appends `attempt` to `history`, keeping the latest [`ERROR_HISTORY_LEN`].
+    pub fn push(history: &mut Vec<FailedAttempt>, attempt: FailedAttempt) {
+        history.push(attempt);
+        if history.len() > ERROR_HISTORY_LEN {
+            history.drain(..history.len() - ERROR_HISTORY_LEN);
+        }
+    }
+
+    /// Reads a stored history; entries that are not failed attempts (a hand-edited column)
+    /// are skipped, anything else is an empty history.
+    pub(crate) fn parse_history(text: Option<&str>) -> Vec<FailedAttempt> {
+        let Some(Ok(serde_json::Value::Array(items))) =
+            text.map(serde_json::from_str::<serde_json::Value>)
+        else {
+            return Vec::new();
+        };
+        items
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
+}
 
 /// A connection pool on the database that holds the outbox table.
 #[derive(Debug, Clone)]
@@ -568,6 +616,9 @@ pub struct DeadLetter {
     pub error: String,
     /// When it was given up.
     pub failed_at: DateTime<Utc>,
+    /// Its last failed attempts, oldest first, the final one included (empty for dead letters
+    /// written before schema version 5).
+    pub error_history: Vec<FailedAttempt>,
 }
 
 /// Cuts an error message to [`MAX_ERROR_LEN`] characters.
@@ -585,6 +636,31 @@ pub(crate) fn parse_json(text: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_history_keeps_the_latest_failures() {
+        let mut h = Vec::new();
+        for i in 0..ERROR_HISTORY_LEN + 3 {
+            FailedAttempt::push(&mut h, FailedAttempt::now(&format!("e{i}"), i % 2 == 0));
+        }
+        assert_eq!(h.len(), ERROR_HISTORY_LEN);
+        assert_eq!(h[0].error, "e3");
+        assert_eq!(
+            h[ERROR_HISTORY_LEN - 1].error,
+            format!("e{}", ERROR_HISTORY_LEN + 2)
+        );
+        // Stored and read back; PostgreSQL's timestamp spelling reads too; junk is skipped.
+        let text = serde_json::to_string(&h).unwrap();
+        assert_eq!(FailedAttempt::parse_history(Some(&text)), h);
+        let pg = r#"[{"at": "2026-12-03T22:50:29.123456+00:00", "error": "500", "counted": true},
+                     {"nonsense": 1}, 7]"#;
+        let read = FailedAttempt::parse_history(Some(pg));
+        assert_eq!(read.len(), 1);
+        assert!(read[0].counted);
+        assert!(FailedAttempt::parse_history(Some("")).is_empty());
+        assert!(FailedAttempt::parse_history(Some("{}")).is_empty());
+        assert!(FailedAttempt::parse_history(None).is_empty());
+    }
 
     #[test]
     fn backends_by_url() {

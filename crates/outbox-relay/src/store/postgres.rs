@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::rows::{self, Fault, Read, Unreadable, PG_MAX_TIME, PG_MIN_TIME};
 use super::{
-    parse_json, truncate_error, Backlog, Claim, DeadLetter, Hold, Partition, Settlement, Status,
+    parse_json, truncate_error, Backlog, Claim, DeadLetter, FailedAttempt, Hold, Partition,
+    Settlement, Status,
 };
 use crate::error::db;
 use crate::error::Error;
@@ -242,7 +243,9 @@ retried AS (
     UPDATE outbox o
     SET retry_count = o.retry_count + u.counted,
         next_attempt_at = clock_timestamp() + u.delay_ms * interval '1 millisecond',
-        last_error = u.error
+        last_error = u.error,
+        error_history = outbox_error_history_push(o.error_history, jsonb_build_object(
+            'at', clock_timestamp(), 'error', u.error, 'counted', u.counted > 0))
     FROM unnest($3::bigint[], $4::float8[], $5::text[], $8::int4[]) AS u(seq, delay_ms, error, counted)
     WHERE o.seq = u.seq
 ),
@@ -251,13 +254,15 @@ dead AS (
     USING unnest($6::bigint[], $7::text[]) AS u(seq, error)
     WHERE o.seq = u.seq
     RETURNING o.id, o.seq, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.headers,
-              o.created_at, o.retry_count, u.error
+              o.created_at, o.retry_count, u.error, o.error_history
 )
 INSERT INTO outbox_dead_letter
     (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
-     retry_count, error)
+     retry_count, error, error_history)
 SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
-       retry_count + 1, error
+       retry_count + 1, error,
+       outbox_error_history_push(error_history, jsonb_build_object(
+           'at', clock_timestamp(), 'error', error, 'counted', true))
 FROM dead
 "#
         )
@@ -403,7 +408,8 @@ pub(super) async fn dead_letters(
                 {} AS event_type, {} AS payload, {} AS headers,
                 least(greatest(created_at, {PG_MIN_TIME}), {PG_MAX_TIME}) AS created_at,
                 retry_count, {} AS error,
-                least(greatest(failed_at, {PG_MIN_TIME}), {PG_MAX_TIME}) AS failed_at
+                least(greatest(failed_at, {PG_MIN_TIME}), {PG_MAX_TIME}) AS failed_at,
+                error_history::text AS error_history
          FROM outbox_dead_letter
          WHERE $1::uuid IS NULL OR id = $1 OR original_id = $1
          ORDER BY failed_at, seq
@@ -436,6 +442,10 @@ pub(super) async fn dead_letters(
                 retry_count: row.try_get("retry_count")?,
                 error: text("error")?,
                 failed_at: row.try_get("failed_at")?,
+                error_history: FailedAttempt::parse_history(
+                    row.try_get::<Option<String>, _>("error_history")?
+                        .as_deref(),
+                ),
             })
         })
         .collect()
@@ -450,10 +460,10 @@ pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uu
              RETURNING *
          )
          INSERT INTO outbox (id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                             created_at, retry_count)
+                             created_at, retry_count, error_history)
          OVERRIDING SYSTEM VALUE
          SELECT original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                created_at, 0
+                created_at, 0, error_history
          FROM moved
          ORDER BY seq
          RETURNING id",
@@ -462,6 +472,20 @@ pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uu
     .fetch_all(pool)
     .await
     .map_err(db)?;
+    // An event the CDC source read from a logical decoding message (`outbox::emit`) comes back
+    // as a row whose seq is the message's LSN: move the identity past it, so no writer's
+    // insert ever draws that number.
+    if !replayed.is_empty() {
+        sqlx::query(
+            "SELECT setval(s, m)
+             FROM (SELECT pg_get_serial_sequence('outbox', 'seq') AS s,
+                          (SELECT max(seq) FROM outbox) AS m) t
+             WHERE s IS NOT NULL AND m > coalesce(pg_sequence_last_value(s::regclass), 0)",
+        )
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    }
     Ok(replayed)
 }
 
@@ -557,10 +581,12 @@ async fn dead_letter_unreadable(
             "WITH moved AS (DELETE FROM outbox WHERE seq = $1 RETURNING *)
              INSERT INTO outbox_dead_letter
                  (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                  created_at, retry_count, error)
+                  created_at, retry_count, error, error_history)
              SELECT id, seq, coalesce(aggregate_type, ''), coalesce(aggregate_id, ''),
                     coalesce(event_type, ''), coalesce(payload, 'null'), headers, created_at,
-                    coalesce(retry_count, 0), $2
+                    coalesce(retry_count, 0), $2,
+                    outbox_error_history_push(error_history, jsonb_build_object(
+                        'at', clock_timestamp(), 'error', $2::text, 'counted', true))
              FROM moved
              RETURNING original_id",
         )

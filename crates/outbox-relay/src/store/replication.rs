@@ -156,13 +156,25 @@ pub async fn table_columns(pool: &PgPool, table: &TableName) -> Result<Vec<(Stri
         .collect()
 }
 
-/// True when the dead-letter table exists.
+/// True when the dead-letter table exists; an error when it lacks a column a later migration
+/// added (`error_history`, schema version 5) and `outbox migrate` must run.
 pub async fn dead_letter_table_exists(pool: &PgPool) -> Result<bool, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT to_regclass('outbox_dead_letter') IS NOT NULL")
-            .fetch_one(pool)
-            .await?,
+    let (exists, current): (bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('outbox_dead_letter') IS NOT NULL,
+                EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = to_regclass('outbox_dead_letter')
+                          AND attname = 'error_history' AND NOT attisdropped)",
     )
+    .fetch_one(pool)
+    .await?;
+    if exists && !current {
+        return Err(Error::Config(
+            "table outbox_dead_letter has no error_history column (added by schema version 5): \
+             run `outbox migrate` with this version"
+                .into(),
+        ));
+    }
+    Ok(exists)
 }
 
 /// Makes sure publication `name` exists and publishes inserts of `tables`. A missing one is

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::rows::{self, Fault, Unreadable};
 use super::{
-    parse_json, truncate_error, Claim, ConnectOptions, DeadLetter, Hold, Settlement, Status,
+    parse_json, truncate_error, Claim, ConnectOptions, DeadLetter, FailedAttempt, Hold, Settlement,
+    Status,
 };
 use crate::error::db;
 use crate::error::Error;
@@ -223,29 +224,35 @@ pub(super) async fn settle(pool: &SqlitePool, s: &Settlement) -> Result<(), Erro
     }
     for p in &s.retry {
         let due = now + chrono::Duration::from_std(p.delay).unwrap_or_default();
+        let attempt = FailedAttempt::now(&p.error, p.counted);
+        let history = pushed_history(&mut tx, p.seq, attempt).await?;
         sqlx::query(
-            "UPDATE outbox SET retry_count = retry_count + ?4, next_attempt_at = ?1, last_error = ?2
+            "UPDATE outbox SET retry_count = retry_count + ?4, next_attempt_at = ?1, last_error = ?2,
+                               error_history = ?5
              WHERE seq = ?3",
         )
         .bind(ts(due))
         .bind(truncate_error(&p.error))
         .bind(p.seq)
         .bind(i32::from(p.counted))
+        .bind(history)
         .execute(&mut *tx)
         .await?;
     }
     for (seq, error) in &s.dead {
+        let history = pushed_history(&mut tx, *seq, FailedAttempt::now(error, true)).await?;
         sqlx::query(
             "INSERT INTO outbox_dead_letter
                  (original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                  created_at, retry_count, error, failed_at)
+                  created_at, retry_count, error, failed_at, error_history)
              SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                    created_at, retry_count + 1, ?2, ?3
+                    created_at, retry_count + 1, ?2, ?3, ?4
              FROM outbox WHERE seq = ?1",
         )
         .bind(seq)
         .bind(truncate_error(error))
         .bind(ts(now))
+        .bind(history)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM outbox WHERE seq = ?1")
@@ -255,6 +262,26 @@ pub(super) async fn settle(pool: &SqlitePool, s: &Settlement) -> Result<(), Erro
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// A row's error history with `attempt` appended (the latest [`super::ERROR_HISTORY_LEN`]
+/// kept), as the text to store.
+async fn pushed_history(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    seq: i64,
+    attempt: FailedAttempt,
+) -> Result<String, Error> {
+    let stored: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT error_history FROM outbox WHERE seq = ?1")
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let text = stored
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let mut history = FailedAttempt::parse_history(text.as_deref());
+    FailedAttempt::push(&mut history, attempt);
+    Ok(serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()))
 }
 
 pub(super) async fn status(pool: &SqlitePool) -> Result<Status, Error> {
@@ -311,7 +338,7 @@ pub(super) async fn dead_letters(
 ) -> Result<Vec<DeadLetter>, Error> {
     let rows = sqlx::query(&format!(
         "SELECT id, original_id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
-                created_at, retry_count, error, failed_at
+                created_at, retry_count, error, failed_at, error_history
          FROM outbox_dead_letter WHERE {DEAD_MATCH} ORDER BY failed_at, seq LIMIT ?2"
     ))
     .bind(ids_json(id.as_ref().map(std::slice::from_ref)))
@@ -343,6 +370,7 @@ pub(super) async fn dead_letters(
                 retry_count: row.try_get("retry_count")?,
                 error: text("error")?,
                 failed_at: ts_or_now(&text("failed_at")?),
+                error_history: FailedAttempt::parse_history(Some(&text("error_history")?)),
             })
         })
         .collect()
@@ -353,9 +381,9 @@ pub(super) async fn replay(pool: &SqlitePool, ids: Option<&[Uuid]>) -> Result<Ve
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let replayed: Vec<String> = sqlx::query_scalar(&format!(
         "INSERT INTO outbox (seq, id, aggregate_type, aggregate_id, event_type, payload, headers,
-                             created_at, retry_count)
+                             created_at, retry_count, error_history)
          SELECT seq, original_id, aggregate_type, aggregate_id, event_type, payload, headers,
-                created_at, 0
+                created_at, 0, error_history
          FROM outbox_dead_letter WHERE {DEAD_MATCH}
          RETURNING id"
     ))
@@ -447,20 +475,24 @@ impl SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let failed_at = ts(Utc::now());
         for bad in rows {
+            let error = bad.error();
+            let history =
+                pushed_history(&mut tx, bad.seq, FailedAttempt::now(&error, true)).await?;
             sqlx::query(
                 "INSERT INTO outbox_dead_letter
                      (original_id, seq, aggregate_type, aggregate_id, event_type, payload,
-                      headers, created_at, retry_count, error, failed_at)
+                      headers, created_at, retry_count, error, failed_at, error_history)
                  SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, headers,
                         created_at,
                         CASE typeof(retry_count) WHEN 'integer' THEN retry_count ELSE 0 END,
-                        ?2, ?3
+                        ?2, ?3, ?4
                  FROM outbox WHERE seq = ?1;
                  DELETE FROM outbox WHERE seq = ?1",
             )
             .bind(bad.seq)
-            .bind(truncate_error(&bad.error()))
+            .bind(truncate_error(&error))
             .bind(&failed_at)
+            .bind(history)
             .execute(&mut *tx)
             .await
             .map_err(db)?;

@@ -13,7 +13,7 @@ function liveOverview(root) {
       const s = data.states[el.dataset.s];
       if (s !== undefined) el.dataset.state = s;
     }
-    rows(document.getElementById("by-type"), data.by_type);
+    rows(document.getElementById("by-topic"), data.by_topic);
     rows(document.getElementById("slots"), data.slots);
     const slots = document.getElementById("slots-section");
     if (slots) slots.hidden = data.slots.length === 0;

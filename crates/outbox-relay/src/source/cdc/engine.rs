@@ -26,6 +26,7 @@ use crate::route::Router;
 use crate::sink::Sink;
 use crate::stats::Stats;
 use crate::store::cdc::{insert_dead_letters, refresh_blocks, Block, Blocked, DeadLetterRow};
+use crate::store::FailedAttempt;
 
 /// What the reader hands to the engine, in stream order.
 #[derive(Debug)]
@@ -449,6 +450,10 @@ impl Engine {
                             self.dead.push((ev, reason));
                         }
                         Verdict::Retry { delay, counted } => {
+                            FailedAttempt::push(
+                                &mut ev.history,
+                                FailedAttempt::now(&e.message, counted),
+                            );
                             if counted {
                                 ev.attempts = ev.attempts.saturating_add(1);
                                 first_error.get_or_insert_with(|| e.message.clone());
@@ -536,6 +541,7 @@ impl Engine {
                 record: ev.origin(),
                 attempts: ev.attempts,
                 error: why,
+                history: &ev.history,
             })
             .collect();
         let written = insert_dead_letters(p.pool, &p.config.dead_letter_sql, &rows).await;

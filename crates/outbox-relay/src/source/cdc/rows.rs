@@ -12,6 +12,7 @@ use crate::record::Record;
 use crate::route::debezium::{BoundColumns, EventRouterOptions, Routed};
 use crate::route::{Envelope, Router, Template};
 use crate::store::replication::TableName;
+use crate::store::FailedAttempt;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -41,6 +42,8 @@ pub(crate) struct Event {
     pub invalid: Option<String>,
     /// Failed attempts so far (in memory).
     pub attempts: u32,
+    /// The latest failures, for the dead-letter table's error history.
+    pub history: Vec<FailedAttempt>,
     /// Memory the event holds, counted against the session's byte budget from the moment
     /// it is made until it is done.
     pub bytes: u64,
@@ -64,6 +67,7 @@ impl Event {
             origin: origin.map(Box::new),
             invalid,
             attempts: 0,
+            history: Vec::new(),
             bytes: bytes as u64,
         }
     }
@@ -104,7 +108,7 @@ impl Commit {
 
 /// The contract's columns in a relation.
 #[derive(Debug, Clone, Default)]
-struct Contract {
+pub(super) struct Contract {
     id: Option<usize>,
     seq: Option<usize>,
     aggregate_type: Option<usize>,
@@ -211,14 +215,16 @@ impl Contract {
 }
 
 /// `2024-05-01 12:00:00.123456+00` (DateStyle ISO) as a UTC time.
+/// RFC 3339 (`2024-05-01T12:00:00Z`, as a message may carry it) is read too.
 pub(crate) fn parse_timestamptz(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s))
         .ok()
         .map(|t| t.with_timezone(&Utc))
 }
 
 #[derive(Debug, Clone)]
-enum Mapping {
+pub(super) enum Mapping {
     Contract(Contract),
     EventRouter {
         bound: BoundColumns,
@@ -237,7 +243,7 @@ struct RelationMap {
 /// Turns decoded rows of the captured tables into [`Event`]s. Holds the relations announced
 /// in the current replication session.
 pub(crate) struct RowMapper {
-    routing: Arc<CdcRouting>,
+    pub(super) routing: Arc<CdcRouting>,
     tables: Vec<TableName>,
     relations: HashMap<u32, RelationMap>,
 }
@@ -264,7 +270,7 @@ impl RowMapper {
         Self::mapping(routing, columns).map(|_| ())
     }
 
-    fn mapping(routing: &CdcRouting, cols: &[(&str, u32)]) -> Result<Mapping, String> {
+    pub(super) fn mapping(routing: &CdcRouting, cols: &[(&str, u32)]) -> Result<Mapping, String> {
         match routing {
             CdcRouting::Router(_) => {
                 let c = Contract::find(
@@ -349,36 +355,53 @@ impl RowMapper {
                 _ => None,
             })
             .collect();
+        let utf8_problem = bad_utf8.then(|| "a column value is not valid UTF-8".to_string());
+        let mapping = map
+            .mapping
+            .as_ref()
+            .map_err(|why| format!("table {}: {why}", map.name));
+        Some(self.event(mapping, &values, commit, utf8_problem))
+    }
+
+    /// The event for the values of one row (or message) in the columns `mapping` found;
+    /// `Err`: why such rows cannot be routed (the event is then dead-lettered with it).
+    pub(super) fn event(
+        &self,
+        mapping: Result<&Mapping, String>,
+        values: &[Option<&str>],
+        commit: &Commit,
+        problem: Option<String>,
+    ) -> Event {
         let event = |record: Record, origin: Option<Record>, invalid: Option<String>| {
             Event::new(commit.txn, record, origin, invalid)
         };
-        let mapping = match &map.mapping {
+        let mapping = match mapping {
             Ok(m) => m,
             Err(why) => {
-                let (rec, _) = Contract::find(&[], ["", "", "", "", ""]).record(&values, commit);
-                return Some(event(rec, None, Some(format!("table {}: {why}", map.name))));
+                let (rec, _) = Contract::find(&[], ["", "", "", "", ""]).record(values, commit);
+                return event(rec, None, Some(why));
             }
         };
-        let utf8_problem = bad_utf8.then(|| "a column value is not valid UTF-8".to_string());
-        Some(match mapping {
+        match mapping {
             Mapping::Contract(c) => {
-                let (r, problem) = c.record(&values, commit);
-                event(r, None, problem.or(utf8_problem))
+                let (r, bad) = c.record(values, commit);
+                event(r, None, bad.or(problem))
             }
             Mapping::EventRouter { bound, origin } => {
-                let (origin_rec, _) = origin.record(&values, commit);
+                let (origin_rec, _) = origin.record(values, commit);
                 let CdcRouting::EventRouter(opts) = &*self.routing else {
-                    return None;
+                    let why = "EventRouter columns without EventRouter options".to_string();
+                    return event(origin_rec, None, Some(why));
                 };
                 match opts
-                    .route(bound, &values)
+                    .route(bound, values)
                     .and_then(|r| prerouted(r, &origin_rec))
                 {
-                    Ok(rec) => event(rec, Some(origin_rec), utf8_problem),
+                    Ok(rec) => event(rec, Some(origin_rec), problem),
                     Err(why) => event(origin_rec.clone(), Some(origin_rec), Some(why)),
                 }
             }
-        })
+        }
     }
 }
 
