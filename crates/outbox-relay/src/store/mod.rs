@@ -502,6 +502,8 @@ pub struct Claim {
     pub contended: bool,
     /// When nothing is claimable: time until the earliest event in backoff becomes due.
     pub next_due: Option<Duration>,
+    /// Rows this claim could not read and moved to the dead-letter table (committed).
+    pub dead_lettered: usize,
     hold: Hold,
 }
 
@@ -517,6 +519,7 @@ impl Claim {
             records,
             contended,
             next_due,
+            dead_lettered: 0,
             hold: Hold::None,
         }
     }

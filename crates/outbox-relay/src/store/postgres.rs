@@ -213,7 +213,9 @@ pub(super) async fn claim(
         // their say about the new dead letters.
         dead_letter_unreadable(&mut tx, &unreadable).await?;
         tx.commit().await?;
-        return Ok(Claim::new(Vec::new(), true, None));
+        let mut claim = Claim::new(Vec::new(), true, None);
+        claim.dead_lettered = unreadable.len();
+        return Ok(claim);
     }
     let contended = total > records.len();
     let next_due = if records.is_empty() && !contended {

@@ -58,8 +58,8 @@ impl Event {
     /// An event with its memory counted.
     pub fn new(txn: u64, record: Record, origin: Option<Record>, invalid: Option<String>) -> Self {
         let bytes = std::mem::size_of::<Event>()
-            + record_bytes(&record)
-            + origin.as_ref().map_or(0, record_bytes)
+            + record.size_bytes()
+            + origin.as_ref().map_or(0, Record::size_bytes)
             + invalid.as_ref().map_or(0, String::len);
         Event {
             txn,
@@ -77,16 +77,6 @@ impl Event {
         let o = self.origin();
         (o.aggregate_type.clone(), o.aggregate_id.clone())
     }
-}
-
-/// Heap and inline bytes of a record (its strings: payload, headers, ids).
-fn record_bytes(r: &Record) -> usize {
-    std::mem::size_of::<Record>()
-        + r.aggregate_type.len()
-        + r.aggregate_id.len()
-        + r.event_type.len()
-        + r.payload.len()
-        + r.headers.as_ref().map_or(0, String::len)
 }
 
 /// The commit a row belongs to.
