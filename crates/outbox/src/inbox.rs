@@ -26,7 +26,7 @@
 //!
 //! Consumer names let several consumers share one database: each has its own set of ids.
 //! Create the tables with [`create_tables`] (a consumer's database needs no outbox table) or
-//! with [`crate::migrate`] (migration 6). `outbox cleanup --inbox --older-than 30d` deletes
+//! with [`crate::migrate()`] (migration 6). `outbox cleanup --inbox --older-than 30d` deletes
 //! rows past retention: keep them longer than any redelivery can come late (the broker's
 //! retention, a replay you may run).
 //!
@@ -53,7 +53,7 @@
 //! dead letter while later events of its aggregate went ahead (`on_dead_letter = "proceed"`:
 //! the replayed event is older than what was applied and would be skipped), for events that
 //! carry data nothing later repeats, or when positions of different sources are mixed under
-//! one consumer name, or for an aggregate written both as rows and as messages ([`crate::emit`]:
+//! one consumer name, or for an aggregate written both as rows and as messages ([`crate::emit()`]:
 //! a message's `seq` is its LSN). The Debezium envelope carries no `seq`.
 //!
 //! All SQL of the inbox lives in this file, one module per database (its tables: migration 6,
@@ -184,7 +184,7 @@ where
 }
 
 /// Creates the inbox tables alone (what migration 6 creates), for a consumer's database that
-/// holds no outbox table. Idempotent; records no migration, so a later [`crate::migrate`] on
+/// holds no outbox table. Idempotent; records no migration, so a later [`crate::migrate()`] on
 /// the same database still runs (its migration 6 finds the tables there).
 pub async fn create_tables<C>(conn: &mut C) -> Result<(), Error>
 where

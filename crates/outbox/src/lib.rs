@@ -27,7 +27,7 @@
 //! transaction, beside the event's effects.
 //!
 //! The table is a public contract (its columns are documented in the project README, under
-//! "The table"): any language may insert into it with plain SQL. [`migrate`] creates and
+//! "The table"): any language may insert into it with plain SQL. [`migrate()`] creates and
 //! upgrades it, idempotently.
 #![warn(missing_docs)]
 
