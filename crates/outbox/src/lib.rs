@@ -23,8 +23,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Consumers apply each event once with the [`inbox`]: the event id recorded in their own
+//! transaction, beside the event's effects.
+//!
 //! The table is a public contract (its columns are documented in the project README, under
-//! "The table"): any language may insert into it with plain SQL. [`migrate`] creates and
+//! "The table"): any language may insert into it with plain SQL. [`migrate()`] creates and
 //! upgrades it, idempotently.
 #![warn(missing_docs)]
 
@@ -34,6 +37,7 @@ pub mod emit;
 mod enqueue;
 mod error;
 mod event;
+pub mod inbox;
 pub mod migrate;
 #[cfg(feature = "mysql")]
 mod mysql;

@@ -19,7 +19,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -47,6 +47,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 5,
         name: "error_history",
         sql: include_str!("../migrations/postgres/0005_error_history.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/postgres/0006_inbox.sql"),
     },
 ];
 
@@ -81,6 +86,11 @@ pub const SQLITE: &[Migration] = &[
         name: "error_history",
         sql: include_str!("../migrations/sqlite/0005_error_history.sql"),
     },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/sqlite/0006_inbox.sql"),
+    },
 ];
 
 /// Migrations for MySQL 8.0.13+ and MariaDB 10.6+, oldest first. Version 1 is the whole
@@ -111,6 +121,11 @@ pub const MYSQL: &[Migration] = &[
         version: 5,
         name: "error_history",
         sql: include_str!("../migrations/mysql/0005_error_history.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/mysql/0006_inbox.sql"),
     },
 ];
 
@@ -374,9 +389,9 @@ mod tests {
         let left = pending(POSTGRES, &[1]).unwrap();
         assert_eq!(
             left.iter().map(|m| m.version).collect::<Vec<_>>(),
-            vec![2, 3, 4]
+            vec![2, 3, 4, 5, 6]
         );
-        assert!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

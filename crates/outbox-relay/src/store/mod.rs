@@ -1,6 +1,7 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
-//! and cleanup. Every SQL statement of the relay lives here: one file per database
-//! (`postgres.rs`, `mysql/`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
+//! and cleanup (`inbox.rs`: the retention of consumers' inboxes too). Every SQL statement of
+//! the relay lives here: one file per database (`postgres.rs`, `mysql/`, `sqlite.rs`), plus the
+//! CDC source's statements ([`replication`]: slots,
 //! publications, heartbeats; [`cdc`]: its dead letters), and [`connection`]: how to reach
 //! PostgreSQL (libpq's URL parameters, TLS, the password) for every connection.
 
@@ -9,6 +10,7 @@ pub mod cdc;
 mod checks;
 pub mod connection;
 pub mod console;
+mod inbox;
 mod mysql;
 mod pg_text;
 mod postgres;
@@ -29,6 +31,7 @@ use crate::urls::redact_url;
 use replication::CdcReaders;
 
 pub use console::{DeadLetterFilter, DeadLetterPage, EventState, EventView, TypeCount};
+pub use inbox::InboxRows;
 pub use reports::{Backlog, DeadLetter, FailedAttempt, Status, ERROR_HISTORY_LEN};
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
