@@ -584,6 +584,7 @@ async fn cleanup_inbox_removes_only_old_rows(url: &str, pg: bool) {
                 .unwrap();
             sqlx::Executor::execute(p, fixture.as_str()).await.unwrap();
         }
+        outbox_relay::Store::Mysql(_) => panic!("this fixture is PostgreSQL or SQLite"),
     }
     let r = outbox(
         Some(url),
