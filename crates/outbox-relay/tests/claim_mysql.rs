@@ -1,9 +1,10 @@
 //! The claim's guarantees and the admin statements on MySQL, against the real MariaDB; the
 //! schema's migrations (twice, concurrently) and plain-SQL writers.
 
-use std::time::Duration;
+mod claim_scenarios;
 
-use outbox_relay::store::{ConnectOptions, Partition, Postponed, Settlement, Store};
+use claim_scenarios::{aggs, insert, postponed};
+use outbox_relay::store::{ConnectOptions, Partition, Settlement, Store};
 use outbox_testkit::{require, MysqlTestDb};
 
 async fn store(db: &MysqlTestDb) -> Store {
@@ -14,37 +15,46 @@ async fn store(db: &MysqlTestDb) -> Store {
     s
 }
 
-async fn insert(store: &Store, rows: &[(&str, i64)]) {
-    let pool = store.mysql_pool().unwrap();
-    for (agg, n) in rows {
-        sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('T', ?, 'E', JSON_OBJECT('n', ?))")
-            .bind(agg)
-            .bind(n)
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+#[tokio::test]
+async fn a_second_claim_skips_aggregates_the_first_holds() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::a_second_claim_skips_aggregates_the_first_holds(&store(&db).await).await;
 }
 
-/// "a1", "b2", …: aggregate id and payload n of each claimed record.
-fn aggs(claim: &outbox_relay::store::Claim) -> Vec<String> {
-    claim
-        .records
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
-            format!("{}{}", r.aggregate_id, v["n"])
-        })
-        .collect()
+#[tokio::test]
+async fn an_outage_postpones_without_counting_an_attempt() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::an_outage_postpones_without_counting_an_attempt(&store(&db).await).await;
 }
 
-fn postponed(seq: i64, secs: u64, error: &str, counted: bool) -> Postponed {
-    Postponed {
-        seq,
-        delay: Duration::from_secs(secs),
-        error: error.into(),
-        counted,
-    }
+#[tokio::test]
+async fn backoff_holds_back_its_aggregate_only() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::backoff_holds_back_its_aggregate_only(&store(&db).await).await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_blocks_its_aggregate_unless_told_to_proceed_and_replay_restores_it() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::a_dead_letter_blocks_its_aggregate_unless_told_to_proceed_and_replay_restores_it(&store(&db).await).await;
+}
+
+#[tokio::test]
+async fn purge_unblocks_the_aggregate() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::purge_unblocks_the_aggregate(&store(&db).await).await;
+}
+
+#[tokio::test]
+async fn delete_on_publish_removes_delivered_rows_only() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::delete_on_publish_removes_delivered_rows_only(&store(&db).await).await;
+}
+
+#[tokio::test]
+async fn partitions_split_aggregates_without_overlap() {
+    let db = require!(MysqlTestDb::create().await);
+    claim_scenarios::partitions_split_aggregates_without_overlap(&store(&db).await).await;
 }
 
 #[tokio::test]
@@ -148,28 +158,6 @@ async fn enqueue_writes_in_the_callers_transaction_in_order() {
 }
 
 #[tokio::test]
-async fn a_second_claim_skips_aggregates_the_first_holds() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("a", 2), ("b", 1), ("a", 3), ("c", 1)]).await;
-    let first = s.claim(1, true).await.unwrap();
-    assert_eq!(aggs(&first), ["a1"]);
-    let second = s.claim(10, true).await.unwrap();
-    // a2 and a3 must wait for a1: only b and c may go.
-    assert_eq!(aggs(&second), ["b1", "c1"]);
-    assert!(second.contended, "rows of a were seen but left");
-    second.release().await;
-    first.release().await;
-    let all = s.claim(10, true).await.unwrap();
-    assert_eq!(
-        aggs(&all),
-        ["a1", "a2", "b1", "a3", "c1"],
-        "whole aggregates, in seq order"
-    );
-    all.release().await;
-}
-
-#[tokio::test]
 async fn a_row_held_elsewhere_holds_back_the_rest_of_its_aggregate() {
     let db = require!(MysqlTestDb::create().await);
     let s = store(&db).await;
@@ -189,224 +177,6 @@ async fn a_row_held_elsewhere_holds_back_the_rest_of_its_aggregate() {
     let c = s.claim(10, true).await.unwrap();
     assert_eq!(aggs(&c), ["a1", "b1", "a2", "b2"]);
     c.release().await;
-}
-
-#[tokio::test]
-async fn an_outage_postpones_without_counting_an_attempt() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("a", 2)]).await;
-    for _ in 0..3 {
-        let c = s.claim(10, true).await.unwrap();
-        assert_eq!(aggs(&c), ["a1", "a2"], "held in order, never dropped");
-        let a1 = c.records[0].seq;
-        c.settle(&Settlement {
-            retry: vec![postponed(a1, 0, "connection refused", false)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let (retry_count, last_error, due): (i32, String, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as(
-            "SELECT retry_count, last_error, next_attempt_at FROM outbox ORDER BY seq LIMIT 1",
-        )
-        .fetch_one(s.mysql_pool().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        (retry_count, last_error.as_str()),
-        (0, "connection refused")
-    );
-    assert!(due.is_some(), "the outage's backoff is kept in the row");
-    assert_eq!(s.status().await.unwrap().dead_letters, 0);
-}
-
-#[tokio::test]
-async fn backoff_holds_back_its_aggregate_only() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("a", 2), ("b", 1)]).await;
-    let c = s.claim(1, true).await.unwrap();
-    let a1 = c.records[0].seq;
-    c.settle(&Settlement {
-        retry: vec![postponed(a1, 3600, "broker nack", true)],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = s.claim(10, true).await.unwrap();
-    assert_eq!(aggs(&c), ["b1"]);
-    let b1 = c.records[0].seq;
-    c.settle(&Settlement {
-        published: vec![b1],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = s.claim(10, true).await.unwrap();
-    assert!(c.records.is_empty());
-    let due = c.next_due.expect("the retry's due time is reported");
-    assert!(
-        due > Duration::from_secs(3500) && due <= Duration::from_secs(3600),
-        "{due:?}"
-    );
-    c.release().await;
-    let status = s.status().await.unwrap();
-    assert_eq!((status.pending, status.retrying), (2, 1));
-    assert!(status.next_retry_at.is_some() && status.oldest_pending_at.is_some());
-    let (retry_count, last_error): (i32, String) =
-        sqlx::query_as("SELECT retry_count, last_error FROM outbox WHERE seq = ?")
-            .bind(a1)
-            .fetch_one(s.mysql_pool().unwrap())
-            .await
-            .unwrap();
-    assert_eq!((retry_count, last_error.as_str()), (1, "broker nack"));
-}
-
-#[tokio::test]
-async fn a_dead_letter_blocks_its_aggregate_unless_told_to_proceed_and_replay_restores_it() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("a", 2), ("b", 1)]).await;
-    let c = s.claim(1, true).await.unwrap();
-    let (a1_seq, a1_id) = (c.records[0].seq, c.records[0].id);
-    c.settle(&Settlement {
-        dead: vec![(a1_seq, "poison".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-
-    let c = s.claim(10, true).await.unwrap();
-    assert_eq!(aggs(&c), ["b1"], "a2 waits behind the dead letter");
-    c.release().await;
-    let c = s.claim(10, false).await.unwrap();
-    assert_eq!(aggs(&c), ["a2", "b1"], "proceed mode lets a2 go");
-    c.release().await;
-
-    let dead = s.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        (
-            dead[0].original_id,
-            dead[0].seq,
-            dead[0].error.as_str(),
-            dead[0].retry_count
-        ),
-        (a1_id, a1_seq, "poison", 1)
-    );
-    assert_eq!(dead[0].payload, serde_json::json!({"n": 1}));
-    assert_eq!(
-        s.dead_letter(dead[0].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .original_id,
-        a1_id
-    );
-
-    let replayed = s.replay(Some(&[a1_id])).await.unwrap();
-    assert_eq!(replayed, vec![a1_id]);
-    let c = s.claim(10, true).await.unwrap();
-    assert_eq!(
-        aggs(&c),
-        ["a1", "a2", "b1"],
-        "replayed with its original seq: first again"
-    );
-    assert_eq!(c.records[0].id, a1_id);
-    assert_eq!(c.records[0].retry_count, 0);
-    c.release().await;
-    assert_eq!(s.status().await.unwrap().dead_letters, 0);
-}
-
-#[tokio::test]
-async fn purge_unblocks_the_aggregate() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("a", 2)]).await;
-    let c = s.claim(1, true).await.unwrap();
-    let seq = c.records[0].seq;
-    c.settle(&Settlement {
-        dead: vec![(seq, "x".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = s.claim(10, true).await.unwrap();
-    assert!(c.records.is_empty());
-    c.release().await;
-    assert_eq!(s.purge(None).await.unwrap(), 1);
-    let c = s.claim(10, true).await.unwrap();
-    assert_eq!(aggs(&c), ["a2"]);
-    c.release().await;
-}
-
-#[tokio::test]
-async fn delete_on_publish_removes_delivered_rows_only() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    insert(&s, &[("a", 1), ("b", 1), ("c", 1)]).await;
-    let c = s.claim(10, true).await.unwrap();
-    let seqs: Vec<i64> = c.records.iter().map(|r| r.seq).collect();
-    c.settle(&Settlement {
-        published: vec![seqs[0]],
-        retry: vec![postponed(seqs[1], 60, "later", true)],
-        dead: vec![(seqs[2], "never".into())],
-        delete_published: true,
-    })
-    .await
-    .unwrap();
-    let left: Vec<(i64, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT seq, published_at FROM outbox ORDER BY seq")
-            .fetch_all(s.mysql_pool().unwrap())
-            .await
-            .unwrap();
-    assert_eq!(
-        left,
-        vec![(seqs[1], None)],
-        "published row deleted, retrying row kept"
-    );
-    assert_eq!(s.status().await.unwrap().dead_letters, 1);
-}
-
-#[tokio::test]
-async fn partitions_split_aggregates_without_overlap() {
-    let db = require!(MysqlTestDb::create().await);
-    let s = store(&db).await;
-    let rows: Vec<(String, i64)> = (0..40).map(|i| (format!("g{}", i % 8), i / 8)).collect();
-    let refs: Vec<(&str, i64)> = rows.iter().map(|(a, n)| (a.as_str(), *n)).collect();
-    insert(&s, &refs).await;
-    let p0 = s
-        .claim_partition(100, true, Partition { index: 0, count: 2 })
-        .await
-        .unwrap();
-    let p1 = s
-        .claim_partition(100, true, Partition { index: 1, count: 2 })
-        .await
-        .unwrap();
-    assert!(
-        !p0.contended && !p1.contended,
-        "partitions never contend: {} {}",
-        p0.contended,
-        p1.contended
-    );
-    let a0: std::collections::HashSet<&str> =
-        p0.records.iter().map(|r| r.aggregate_id.as_str()).collect();
-    let a1: std::collections::HashSet<&str> =
-        p1.records.iter().map(|r| r.aggregate_id.as_str()).collect();
-    assert!(a0.is_disjoint(&a1), "{a0:?} / {a1:?}");
-    assert!(!a0.is_empty() && !a1.is_empty(), "{a0:?} / {a1:?}");
-    assert_eq!(
-        p0.records.len() + p1.records.len(),
-        40,
-        "together they take everything"
-    );
-    for c in [&p0, &p1] {
-        assert!(c.records.windows(2).all(|w| w[0].seq < w[1].seq));
-    }
-    p0.release().await;
-    p1.release().await;
 }
 
 #[tokio::test]

@@ -43,6 +43,22 @@ pub fn unavailable(service: &str, detail: &str) {
     eprintln!("\n*** SKIPPED: {service} is unreachable ({detail}); set OUTBOX_REQUIRE_SERVICES=1 to make this a failure ***\n");
 }
 
+/// A connection to a server's admin URL within 10 s; `None` (after reporting `service` as
+/// unreachable) otherwise.
+pub(crate) async fn connect_admin<C: sqlx::Connection>(url: &str, service: &str) -> Option<C> {
+    match tokio::time::timeout(Duration::from_secs(10), C::connect(url)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            unavailable(service, &e.to_string());
+            None
+        }
+        Err(_) => {
+            unavailable(service, "connect timed out");
+            None
+        }
+    }
+}
+
 /// Unwraps an `Option` from this module or returns from the test (a skip was already reported).
 #[macro_export]
 macro_rules! require {
@@ -78,22 +94,8 @@ impl TestDb {
     /// Creates `outbox_test_<random>`; `None` (after reporting) when PostgreSQL is unreachable.
     pub async fn create() -> Option<TestDb> {
         let admin = pg_admin_url();
-        let mut conn = match tokio::time::timeout(
-            Duration::from_secs(10),
-            <sqlx::PgConnection as sqlx::Connection>::connect(&admin),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                unavailable("PostgreSQL at 127.0.0.1:5432", &e.to_string());
-                return None;
-            }
-            Err(_) => {
-                unavailable("PostgreSQL at 127.0.0.1:5432", "connect timed out");
-                return None;
-            }
-        };
+        let mut conn: sqlx::PgConnection =
+            connect_admin(&admin, "PostgreSQL at 127.0.0.1:5432").await?;
         let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
             .await

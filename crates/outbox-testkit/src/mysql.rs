@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::unavailable;
+use super::connect_admin;
 
 /// MySQL / MariaDB admin URL (override with `OUTBOX_TEST_MYSQL`).
 pub fn mysql_admin_url() -> String {
@@ -21,22 +21,8 @@ impl MysqlTestDb {
     /// Creates `outbox_test_<random>`; `None` (after reporting) when MariaDB is unreachable.
     pub async fn create() -> Option<MysqlTestDb> {
         let admin = mysql_admin_url();
-        let mut conn = match tokio::time::timeout(
-            Duration::from_secs(10),
-            <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                unavailable("MariaDB at 127.0.0.1:3306", &e.to_string());
-                return None;
-            }
-            Err(_) => {
-                unavailable("MariaDB at 127.0.0.1:3306", "connect timed out");
-                return None;
-            }
-        };
+        let mut conn: sqlx::MySqlConnection =
+            connect_admin(&admin, "MariaDB at 127.0.0.1:3306").await?;
         let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
             .await
