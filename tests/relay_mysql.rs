@@ -138,42 +138,15 @@ async fn sigkill_under_load_loses_nothing_and_keeps_order() {
     let nats = require!(TestNats::connect().await);
     let pool = migrate(&db).await;
     let stream = nats.stream();
-    let agg = format!("Crash{}", nats.prefix);
-    let (aggregates, per) = (100, 60);
-    insert_sequenced(&pool, &agg, aggregates, per, 0).await;
-    // A writer keeps adding events while relays die and restart.
-    let writer = {
-        let pool = pool.clone();
-        let agg = agg.clone();
-        tokio::spawn(async move {
-            for round in 0..20 {
-                insert_sequenced(&pool, &agg, aggregates, 5, per + round * 5).await;
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
+    let load = relays::Load {
+        aggregates: 100,
+        per: 60,
+        rounds: 20,
+        more: 5,
     };
-    let total = (aggregates * (per + 100)) as u64;
     let relay_args = args(&stream, &["--batch-size", "100"]);
-    for kill_at in [300u64, 2_000, 5_000, 9_000] {
-        let mut relay = spawn_relay(&db.url, &relay_args);
-        wait_stream_len(&nats, &stream, kill_at, Duration::from_secs(60)).await;
-        relay.kill().await;
-    }
-    writer.await.unwrap();
-    let mut relay = spawn_relay(&db.url, &relay_args);
-    wait_all_published(&pool, Duration::from_secs(120)).await;
-    relay.signal(libc::SIGTERM);
-    assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
-
-    let msgs = nats
-        .read_stream(&stream, total as usize * 2, Duration::from_secs(5))
-        .await;
-    let distinct = check_order(&msgs);
-    assert_eq!(
-        distinct as u64, total,
-        "every event delivered at least once"
-    );
-    nats.cleanup().await;
+    let kill_at = [300, 2_000, 5_000, 9_000];
+    relays::sigkill_under_load(&db.url, &pool, &nats, &relay_args, load, &kill_at).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,29 +155,14 @@ async fn three_relays_at_once_lose_nothing_and_keep_order() {
     let nats = require!(TestNats::connect().await);
     let pool = migrate(&db).await;
     let stream = nats.stream();
-    let agg = format!("Multi{}", nats.prefix);
-    // Few aggregates with many events each: the relays contend for the same aggregates.
-    let (aggregates, per) = (40, 100);
-    insert_sequenced(&pool, &agg, aggregates, per, 0).await;
+    let load = relays::Load {
+        aggregates: 40,
+        per: 100,
+        rounds: 10,
+        more: 5,
+    };
     let relay_args = args(&stream, &["--batch-size", "64", "--workers", "2"]);
-    let mut relays: Vec<_> = (0..3).map(|_| spawn_relay(&db.url, &relay_args)).collect();
-    // More events arrive while the three drain.
-    for round in 0..10 {
-        insert_sequenced(&pool, &agg, aggregates, 5, per + round * 5).await;
-    }
-    let total = aggregates * (per + 50);
-    wait_all_published(&pool, Duration::from_secs(120)).await;
-    for r in &relays {
-        r.signal(libc::SIGTERM);
-    }
-    for r in &mut relays {
-        assert_eq!(r.wait(Duration::from_secs(15)).await, 0);
-    }
-    let msgs = nats
-        .read_stream(&stream, total * 2, Duration::from_secs(5))
-        .await;
-    assert_eq!(check_order(&msgs), total);
-    nats.cleanup().await;
+    relays::three_relays(&db.url, &pool, &nats, &relay_args, load).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,7 @@ use tokio::process::{Child, Command};
 pub use outbox_testkit::{require, MysqlTestDb, TestDb, TestNats};
 
 pub mod mysql;
+pub mod relays;
 
 /// Path of the `outbox` binary under test.
 pub fn bin() -> PathBuf {
