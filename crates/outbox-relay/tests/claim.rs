@@ -5,8 +5,8 @@ use std::time::Duration;
 
 mod claim_scenarios;
 
-use claim_scenarios::{insert, postponed};
-use outbox_relay::store::{ConnectOptions, Settlement, Store};
+use claim_scenarios::insert;
+use outbox_relay::store::{ConnectOptions, Store};
 use outbox_testkit::{require, TestDb};
 
 async fn store(db: &TestDb) -> Store {
@@ -146,54 +146,7 @@ async fn a_dead_letter_keeps_its_error_history() {
     let pg = store(&db).await;
     insert(&pg, &[("a", 1)]).await;
     for s in [&pg, &sqlite] {
-        for (error, counted) in [("connection refused", false), ("HTTP 500", true)] {
-            let c = s.claim(10, false).await.unwrap();
-            let seq = c.records[0].seq;
-            c.settle(&Settlement {
-                retry: vec![postponed(seq, 0, error, counted)],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
-        let c = s.claim(10, false).await.unwrap();
-        let (seq, id) = (c.records[0].seq, c.records[0].id);
-        c.settle(&Settlement {
-            dead: vec![(seq, "HTTP 400: refused".into())],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let dead = s.dead_letter(id).await.unwrap().unwrap();
-        let history: Vec<(&str, bool)> = dead
-            .error_history
-            .iter()
-            .map(|f| (f.error.as_str(), f.counted))
-            .collect();
-        assert_eq!(
-            history,
-            [
-                ("connection refused", false),
-                ("HTTP 500", true),
-                ("HTTP 400: refused", true)
-            ],
-            "{s:?}"
-        );
-        assert!(dead.error_history.windows(2).all(|w| w[0].at <= w[1].at));
-        assert_eq!(dead.retry_count, 2, "the outage did not count");
-
-        // Replayed, failed once more: the history goes on.
-        s.replay(Some(&[id])).await.unwrap();
-        let c = s.claim(10, false).await.unwrap();
-        c.settle(&Settlement {
-            dead: vec![(seq, "again".into())],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let dead = s.dead_letter(id).await.unwrap().unwrap();
-        assert_eq!(dead.error_history.len(), 4);
-        assert_eq!(dead.error_history[3].error, "again");
+        claim_scenarios::a_dead_letter_keeps_its_error_history(s).await;
     }
     let _ = std::fs::remove_file(&path);
 }

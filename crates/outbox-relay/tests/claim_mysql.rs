@@ -3,8 +3,8 @@
 
 mod claim_scenarios;
 
-use claim_scenarios::{aggs, insert, postponed};
-use outbox_relay::store::{ConnectOptions, Partition, Settlement, Store};
+use claim_scenarios::{aggs, insert};
+use outbox_relay::store::{ConnectOptions, Partition, Store};
 use outbox_testkit::{require, MysqlTestDb};
 
 async fn store(db: &MysqlTestDb) -> Store {
@@ -243,57 +243,11 @@ async fn cleanup_deletes_published_rows_older_than_the_cutoff_in_batches() {
     );
 }
 
-/// Two retries (an outage, then a counted failure) and the final failure: the dead letter's
-/// error history holds all three, oldest first; replay carries it back to the row.
+/// The dead letter's error history: see the scenario.
 #[tokio::test]
 async fn a_dead_letter_keeps_its_error_history() {
     let db = require!(MysqlTestDb::create().await);
     let s = store(&db).await;
     insert(&s, &[("a", 1)]).await;
-    for (error, counted) in [("connection refused", false), ("HTTP 500", true)] {
-        let c = s.claim(10, false).await.unwrap();
-        let seq = c.records[0].seq;
-        c.settle(&Settlement {
-            retry: vec![postponed(seq, 0, error, counted)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let c = s.claim(10, false).await.unwrap();
-    let (seq, id) = (c.records[0].seq, c.records[0].id);
-    c.settle(&Settlement {
-        dead: vec![(seq, "HTTP 400: refused".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dead = s.dead_letter(id).await.unwrap().unwrap();
-    let history: Vec<(&str, bool)> = dead
-        .error_history
-        .iter()
-        .map(|f| (f.error.as_str(), f.counted))
-        .collect();
-    assert_eq!(
-        history,
-        [
-            ("connection refused", false),
-            ("HTTP 500", true),
-            ("HTTP 400: refused", true)
-        ]
-    );
-    assert!(dead.error_history.windows(2).all(|w| w[0].at <= w[1].at));
-    assert_eq!(dead.retry_count, 2, "the outage did not count");
-
-    s.replay(Some(&[id])).await.unwrap();
-    let c = s.claim(10, false).await.unwrap();
-    c.settle(&Settlement {
-        dead: vec![(seq, "again".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dead = s.dead_letter(id).await.unwrap().unwrap();
-    assert_eq!(dead.error_history.len(), 4);
-    assert_eq!(dead.error_history[3].error, "again");
+    claim_scenarios::a_dead_letter_keeps_its_error_history(&s).await;
 }

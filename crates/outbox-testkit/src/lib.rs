@@ -59,6 +59,20 @@ pub(crate) async fn connect_admin<C: sqlx::Connection>(url: &str, service: &str)
     }
 }
 
+/// Runs `cleanup` to the end on a thread and runtime of its own: what a `Drop` that must await
+/// does (it cannot await itself, and may run inside or outside a runtime).
+pub(crate) fn on_own_runtime(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup);
+        }
+    })
+    .join();
+}
+
 /// Unwraps an `Option` from this module or returns from the test (a skip was already reported).
 #[macro_export]
 macro_rules! require {
@@ -125,48 +139,38 @@ impl Drop for TestDb {
         let name = self.name.clone();
         let admin = pg_admin_url();
         // Drop from a separate thread with its own runtime: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut c) =
-                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
-                    {
-                        // Logical replication slots pin a database: stop their readers and
-                        // drop them first. A walsender takes a moment to exit: retry briefly.
-                        for _ in 0..50 {
-                            for sql in [
-                                format!(
-                                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                                     WHERE database = '{name}' AND active_pid IS NOT NULL"
-                                ),
-                                format!(
-                                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                                     WHERE database = '{name}' AND NOT active"
-                                ),
-                            ] {
-                                let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
-                            }
-                            let left: Result<i64, _> = sqlx::query_scalar(
-                                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
-                            )
-                            .bind(&name)
-                            .fetch_one(&mut c)
-                            .await;
-                            if matches!(left, Ok(0) | Err(_)) {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                        let _ = sqlx::Executor::execute(&mut c, drop.as_str()).await;
+        on_own_runtime(async move {
+            if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
+                // Logical replication slots pin a database: stop their readers and
+                // drop them first. A walsender takes a moment to exit: retry briefly.
+                for _ in 0..50 {
+                    for sql in [
+                        format!(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                             WHERE database = '{name}' AND active_pid IS NOT NULL"
+                        ),
+                        format!(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                             WHERE database = '{name}' AND NOT active"
+                        ),
+                    ] {
+                        let _ = sqlx::Executor::execute(&mut c, sql.as_str()).await;
                     }
-                });
+                    let left: Result<i64, _> = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    )
+                    .bind(&name)
+                    .fetch_one(&mut c)
+                    .await;
+                    if matches!(left, Ok(0) | Err(_)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::Executor::execute(&mut c, drop.as_str()).await;
             }
-        })
-        .join();
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::connect_admin;
+use super::{connect_admin, on_own_runtime};
 
 /// MySQL / MariaDB admin URL (override with `OUTBOX_TEST_MYSQL`).
 pub fn mysql_admin_url() -> String {
@@ -51,38 +51,27 @@ impl Drop for MysqlTestDb {
         // Drop from a separate thread with its own runtime: Drop cannot await. Connections
         // still open on the database (a relay just killed) do not block DROP DATABASE in
         // MySQL, only their metadata locks, which end with their sessions.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut c) =
-                        <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin).await
-                    {
-                        // Kill sessions left on the database so their locks do not hold it.
-                        let ids: Vec<u64> = sqlx::query_scalar(
-                            "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist
-                             WHERE db = ? AND id <> CONNECTION_ID()",
-                        )
-                        .bind(&name)
-                        .fetch_all(&mut c)
-                        .await
-                        .unwrap_or_default();
-                        for id in ids {
-                            let _ = sqlx::Executor::execute(&mut c, format!("KILL {id}").as_str())
-                                .await;
-                        }
-                        let drop = format!("DROP DATABASE IF EXISTS {name}");
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(30),
-                            sqlx::Executor::execute(&mut c, drop.as_str()),
-                        )
-                        .await;
-                    }
-                });
+        on_own_runtime(async move {
+            if let Ok(mut c) = <sqlx::MySqlConnection as sqlx::Connection>::connect(&admin).await {
+                // Kill sessions left on the database so their locks do not hold it.
+                let ids: Vec<u64> = sqlx::query_scalar(
+                    "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist
+                     WHERE db = ? AND id <> CONNECTION_ID()",
+                )
+                .bind(&name)
+                .fetch_all(&mut c)
+                .await
+                .unwrap_or_default();
+                for id in ids {
+                    let _ = sqlx::Executor::execute(&mut c, format!("KILL {id}").as_str()).await;
+                }
+                let drop = format!("DROP DATABASE IF EXISTS {name}");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    sqlx::Executor::execute(&mut c, drop.as_str()),
+                )
+                .await;
             }
-        })
-        .join();
+        });
     }
 }
