@@ -6,10 +6,12 @@
 //! dead letter (unless dead letters do not block), is not claimed past it. MySQL cannot lock in
 //! a CTE as PostgreSQL does, so the claim is three short steps, each at READ COMMITTED:
 //!
-//! 1. `candidates` (a plain read, no locks, no transaction): the first `limit × partitions`
-//!    pending, due, unblocked rows in `seq` order, walking the NULL end of
-//!    `outbox_pending_idx`; `blocked` (aggregates in backoff from `outbox_retrying_idx`, dead
-//!    letters) is a small derived table joined to it. Each row comes with whether its aggregate
+//! 1. `candidates` (plain reads, no locks, no transaction): `blocked`, the aggregates in
+//!    backoff (from `outbox_retrying_idx`) or behind a dead letter, usually none; then the first
+//!    `limit × partitions` pending, due rows in `seq` order of the other aggregates, walking the
+//!    NULL end of `outbox_pending_idx`. A blocked aggregate is left out whole, except for rows
+//!    before the smallest blocking `seq` (an aggregate has no due pending row before its own
+//!    blocker unless a replay put one there: leaving such a row for later is safe). Each row comes with whether its aggregate
 //!    hashes to this worker's partition and the size of its payload and headers; this worker's
 //!    rows are cut where their sizes pass the byte bound (the first always comes).
 //! 2. `lock`: in a transaction, those rows again by primary key, re-checked (still pending,
@@ -38,28 +40,49 @@ use crate::record::Record;
 use crate::store::rows::{self, Fault, Unreadable};
 use crate::store::{truncate_error, Claim, FailedAttempt, Hold, Partition, Settlement};
 
+/// Aggregates that must wait: an event in backoff (from the small `outbox_retrying_idx`) or,
+/// when dead letters block, a dead letter; with the first blocking `seq` of each.
+const BLOCKED: &str = "
+SELECT x.aggregate_type, x.aggregate_id, MIN(x.seq) AS seq
+FROM (
+    SELECT r.aggregate_type, r.aggregate_id, r.seq
+    FROM outbox r FORCE INDEX (outbox_retrying_idx)
+    WHERE r.next_attempt_at > UTC_TIMESTAMP(6) AND r.published_at IS NULL
+    UNION ALL
+    SELECT d.aggregate_type, d.aggregate_id, d.seq
+    FROM outbox_dead_letter d
+    WHERE {dead_letters_block}
+) x
+GROUP BY x.aggregate_type, x.aggregate_id";
+
+/// The candidates walk the pending end of `outbox_pending_idx` in `seq` order and stop at the
+/// limit. `{blocked}` leaves out the blocked aggregates (a list of constants MySQL searches by
+/// bisection): a join with a derived table would make MariaDB read and sort every pending row
+/// first (seen: 0.5 s per claim on a 200k backlog).
 const CANDIDATES: &str = "
 SELECT o.seq, {mine} AS mine,
        CAST(LENGTH(o.payload) + COALESCE(LENGTH(o.headers), 0) AS SIGNED) AS size
 FROM outbox o FORCE INDEX (outbox_pending_idx)
-LEFT JOIN (
-    SELECT x.aggregate_type, x.aggregate_id, MIN(x.seq) AS seq
-    FROM (
-        SELECT r.aggregate_type, r.aggregate_id, r.seq
-        FROM outbox r FORCE INDEX (outbox_retrying_idx)
-        WHERE r.next_attempt_at > UTC_TIMESTAMP(6) AND r.published_at IS NULL
-        UNION ALL
-        SELECT d.aggregate_type, d.aggregate_id, d.seq
-        FROM outbox_dead_letter d
-        WHERE {dead_letters_block}
-    ) x
-    GROUP BY x.aggregate_type, x.aggregate_id
-) b ON b.aggregate_type = o.aggregate_type AND b.aggregate_id = o.aggregate_id
 WHERE o.published_at IS NULL
   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= UTC_TIMESTAMP(6))
-  AND (b.seq IS NULL OR o.seq < b.seq)
+  {blocked}
 ORDER BY o.seq
 LIMIT {candidates}";
+
+/// Past this many blocked aggregates, each candidate is checked by two index probes instead of
+/// against a list of constants (which then gets too long to send).
+const MAX_BLOCKED_LIST: usize = 10_000;
+
+/// The filter for many blocked aggregates: correlated probes (exact, slower per row).
+const BLOCKED_PROBES: &str = "AND NOT EXISTS (
+      SELECT 1 FROM outbox r FORCE INDEX (outbox_retrying_idx)
+      WHERE r.next_attempt_at > UTC_TIMESTAMP(6) AND r.published_at IS NULL
+        AND r.aggregate_type = o.aggregate_type AND r.aggregate_id = o.aggregate_id
+        AND r.seq < o.seq)
+  AND NOT ({dead_letters_block} AND EXISTS (
+      SELECT 1 FROM outbox_dead_letter d
+      WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id
+        AND d.seq < o.seq))";
 
 const LOCK: &str = "
 SELECT seq, id, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
@@ -87,7 +110,12 @@ struct Candidate {
     size: i64,
 }
 
-fn candidates_sql(limit: usize, part: Partition, dead_letters_block: bool) -> String {
+fn candidates_sql(
+    limit: usize,
+    part: Partition,
+    dead_letters_block: bool,
+    blocked: &[(Vec<u8>, Vec<u8>, i64)],
+) -> String {
     let parts = part.count.max(1);
     let mine = if parts == 1 {
         "1".to_string()
@@ -97,12 +125,23 @@ fn candidates_sql(limit: usize, part: Partition, dead_letters_block: bool) -> St
             part.index
         )
     };
-    CANDIDATES
-        .replace("{mine}", &mine)
-        .replace(
+    let filter = if blocked.is_empty() {
+        String::new()
+    } else if blocked.len() > MAX_BLOCKED_LIST {
+        BLOCKED_PROBES.replace(
             "{dead_letters_block}",
             if dead_letters_block { "TRUE" } else { "FALSE" },
         )
+    } else {
+        let first = blocked.iter().map(|b| b.2).min().unwrap_or(i64::MAX);
+        format!(
+            "AND ((o.aggregate_type, o.aggregate_id) NOT IN ({}) OR o.seq < {first})",
+            vec!["(?, ?)"; blocked.len()].join(", ")
+        )
+    };
+    CANDIDATES
+        .replace("{mine}", &mine)
+        .replace("{blocked}", &filter)
         .replace("{candidates}", &(limit * parts as usize).to_string())
 }
 
@@ -120,11 +159,19 @@ pub(in crate::store) async fn claim(
     dead_letters_block: bool,
     part: Partition,
 ) -> Result<Claim, Error> {
-    // Text protocol (no parameters): one round trip, no prepared statement per batch size.
-    let sql = candidates_sql(limit, part, dead_letters_block);
-    let rows = sqlx::Executor::fetch_all(pool, sql.as_str())
-        .await
-        .map_err(db)?;
+    let blocked = blocked(pool, dead_letters_block).await?;
+    let sql = candidates_sql(limit, part, dead_letters_block, &blocked);
+    let rows = if blocked.is_empty() || blocked.len() > MAX_BLOCKED_LIST {
+        // Text protocol (no parameters): one round trip, no prepared statement per batch size.
+        sqlx::Executor::fetch_all(pool, sql.as_str()).await
+    } else {
+        let mut query = sqlx::query(&sql).persistent(false);
+        for (t, a, _) in &blocked {
+            query = query.bind(t.as_slice()).bind(a.as_slice());
+        }
+        query.fetch_all(pool).await
+    }
+    .map_err(db)?;
     let mut candidates = Vec::with_capacity(rows.len());
     for row in &rows {
         candidates.push(Candidate {
@@ -260,6 +307,26 @@ async fn clean_aggregates(
         }
     }
     Ok(clean)
+}
+
+/// The blocked aggregates with their first blocking `seq` (usually none: one cheap query).
+async fn blocked(
+    pool: &MySqlPool,
+    dead_letters_block: bool,
+) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, Error> {
+    let sql = BLOCKED.replace(
+        "{dead_letters_block}",
+        if dead_letters_block { "TRUE" } else { "FALSE" },
+    );
+    let rows = sqlx::Executor::fetch_all(pool, sql.as_str())
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let (t, a) = key(r)?;
+            Ok((t, a, r.try_get::<i64, _>("seq")?))
+        })
+        .collect()
 }
 
 async fn next_due(pool: &MySqlPool) -> Result<Option<Duration>, Error> {
@@ -413,11 +480,21 @@ mod tests {
 
     #[test]
     fn the_partition_is_a_hash_of_the_aggregate() {
-        let whole = candidates_sql(10, Partition::WHOLE, true);
+        let whole = candidates_sql(10, Partition::WHOLE, true, &[]);
         assert!(whole.contains("1 AS mine") && whole.contains("LIMIT 10"));
-        assert!(whole.contains("WHERE TRUE"));
-        let part = candidates_sql(10, Partition { index: 1, count: 3 }, false);
+        assert!(!whole.contains("NOT IN") && !whole.contains("NOT EXISTS"));
+        let blocked = [
+            (b"T".to_vec(), b"a".to_vec(), 7),
+            (b"T".to_vec(), b"b".to_vec(), 3),
+        ];
+        let part = candidates_sql(10, Partition { index: 1, count: 3 }, false, &blocked);
         assert!(part.contains("% 3 = 1") && part.contains("LIMIT 30"));
-        assert!(part.contains("WHERE FALSE"));
+        assert!(
+            part.contains("NOT IN ((?, ?), (?, ?)) OR o.seq < 3)"),
+            "{part}"
+        );
+        let many = vec![(b"T".to_vec(), b"a".to_vec(), 1); MAX_BLOCKED_LIST + 1];
+        let probes = candidates_sql(10, Partition::WHOLE, false, &many);
+        assert!(probes.contains("NOT EXISTS") && probes.contains("NOT (FALSE AND EXISTS"));
     }
 }
