@@ -274,6 +274,11 @@ pub struct CleanupArgs {
     #[arg(long, value_parser = outbox_relay::duration::parse)]
     pub older_than: std::time::Duration,
 
+    /// Clean a consumer's inbox instead (`outbox_inbox` rows and per-aggregate positions
+    /// older than --older-than); keep them longer than any redelivery can come late.
+    #[arg(long)]
+    pub inbox: bool,
+
     /// Rows deleted per transaction.
     #[arg(long, default_value_t = 10_000)]
     pub batch_size: i64,

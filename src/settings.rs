@@ -66,7 +66,15 @@ pub struct PollSettings {
 
 /// Resolves `outbox relay`'s settings for the source `--source` / `relay.source` names.
 pub fn relay(cli: &Cli, args: &RelayArgs, file: &FileConfig) -> Result<RelaySettings, CliError> {
-    if source_kind(args, file)? == SourceKind::Cdc {
+    let source = source_kind(args, file)?;
+    if source == SourceKind::Poll && args.debezium_connector.is_some() {
+        return Err(CliError::usage(
+            "--debezium-connector configures the CDC source: add --source cdc (the polling \
+             source reads the outbox table's contract columns and routes with --topic, --key \
+             and --envelope)",
+        ));
+    }
+    if source == SourceKind::Cdc {
         #[cfg(feature = "cdc")]
         return cdc(cli, args, file).map(RelaySettings::Cdc);
         #[cfg(not(feature = "cdc"))]
@@ -147,7 +155,8 @@ fn router(args: &RelayArgs, file: &FileConfig) -> Result<Router, CliError> {
         .as_deref()
         .or(file.relay.topic.as_deref())
         .unwrap_or(envelope.default_topic());
-    let mut router = Router::new(Template::parse(topic).map_err(CliError::usage)?, envelope);
+    let topic = Template::parse(topic).map_err(|e| CliError::usage(format!("--topic: {e}")))?;
+    let mut router = Router::new(topic, envelope);
     if let Some(key) = args.key.as_deref().or(file.relay.key.as_deref()) {
         let key = Template::parse(key).map_err(|e| CliError::usage(format!("--key: {e}")))?;
         router = router.with_key(key);

@@ -51,7 +51,26 @@ async fn bad_inputs_exit_2_with_one_clear_line() {
         (
             mem,
             vec!["relay", "--sink", "stdout:", "--topic", "{nope}-events"],
-            vec!["unknown placeholder {nope}"],
+            vec!["--topic: template", "unknown placeholder {nope}"],
+        ),
+        (
+            mem,
+            vec!["relay", "--sink", "stdout:", "--key", "{nope}"],
+            vec!["--key: template", "unknown placeholder {nope}"],
+        ),
+        (
+            mem,
+            vec![
+                "relay",
+                "--sink",
+                "stdout:",
+                "--debezium-connector",
+                "c.json",
+            ],
+            vec![
+                "--debezium-connector configures the CDC source",
+                "--source cdc",
+            ],
         ),
         (
             mem,
@@ -508,4 +527,160 @@ async fn a_reader_that_stops_early_does_not_make_dlq_list_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
     remove_sqlite(&path, store).await;
+}
+
+/// `cleanup --inbox`: inbox rows and positions past retention go, recent ones stay; a database
+/// without the inbox says how to create it.
+async fn cleanup_inbox_removes_only_old_rows(url: &str, pg: bool) {
+    let r = outbox(Some(url), &["cleanup", "--inbox", "--older-than", "7d"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("outbox_inbox"), "{}", r.stderr);
+    let store = outbox_relay::Store::connect(url, &outbox_relay::store::ConnectOptions::default())
+        .await
+        .unwrap();
+    let (ago, recent) = if pg {
+        ("now() - interval '10 days'", "now() - interval '1 hour'")
+    } else {
+        (
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 days')",
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hours')",
+        )
+    };
+    let ids = [
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    ];
+    let fixture = format!(
+        "INSERT INTO outbox_inbox (id, consumer, received_at) VALUES
+           ('{}', 'shipping', {ago}), ('{}', 'billing', {ago}), ('{}', 'shipping', {recent});
+         INSERT INTO outbox_inbox_position (consumer, aggregate_type, aggregate_id, last_position, updated_at)
+           VALUES ('shipping', 'Order', 'o-1', 3, {ago}), ('shipping', 'Order', 'o-2', 4, {recent});",
+        ids[0], ids[1], ids[2]
+    );
+    match &store {
+        outbox_relay::Store::Postgres(p) => {
+            outbox::inbox::create_tables(&mut *p.acquire().await.unwrap())
+                .await
+                .unwrap();
+            sqlx::Executor::execute(p, fixture.as_str()).await.unwrap();
+        }
+        outbox_relay::Store::Sqlite(_) => {
+            let p = store.sqlite_pool().unwrap();
+            outbox::inbox::create_tables(&mut *p.acquire().await.unwrap())
+                .await
+                .unwrap();
+            sqlx::Executor::execute(p, fixture.as_str()).await.unwrap();
+        }
+    }
+    let r = outbox(
+        Some(url),
+        &["cleanup", "--inbox", "--older-than", "7d", "--dry-run"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("2 inbox row(s) and 1 aggregate position(s)"),
+        "{}",
+        r.stdout
+    );
+    let r = outbox(
+        Some(url),
+        &[
+            "cleanup",
+            "--inbox",
+            "--older-than",
+            "7d",
+            "--batch-size",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("deleted 2 inbox row(s) and 1 aggregate position(s)"),
+        "{}",
+        r.stdout
+    );
+    let left = store
+        .count_inbox_cleanable(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((left.received, left.positions), (1, 1), "recent rows stay");
+}
+
+#[tokio::test]
+async fn cleanup_inbox_deletes_only_rows_past_retention_postgres() {
+    let db = require!(TestDb::create().await);
+    cleanup_inbox_removes_only_old_rows(&db.url, true).await;
+}
+
+#[tokio::test]
+async fn cleanup_inbox_deletes_only_rows_past_retention_sqlite() {
+    let path = temp_path("inbox.db");
+    std::fs::File::create(&path).unwrap();
+    cleanup_inbox_removes_only_old_rows(&format!("sqlite:{}", path.display()), false).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Runs a relay to `file:out` until the file holds `lines` lines, then stops it cleanly.
+async fn relay_to_file_until(url: &str, out: &std::path::Path, lines: usize) {
+    let mut relay = spawn_relay(
+        url,
+        &[
+            "--sink",
+            &format!("file:{}", out.display()),
+            "--poll-interval",
+            "50ms",
+        ],
+    );
+    wait_until(Duration::from_secs(20), "the lines in the file", || async {
+        (jsonl_lines(out).len() >= lines).then_some(())
+    })
+    .await;
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait(Duration::from_secs(15)).await, 0);
+}
+
+/// The delivery-semantics table's `file:` row: nothing dedupes, an event delivered again is
+/// written again with the same `headers.id`, and through the inbox it is applied once.
+#[tokio::test]
+async fn a_redelivered_event_is_written_again_to_a_file_and_applied_once_through_the_inbox() {
+    let out = temp_path("redelivered.jsonl");
+    let (path, url, store) = migrated_sqlite("redelivered.db").await;
+    let pool = store.sqlite_pool().unwrap().clone();
+    let event = outbox::Event::new("Order", "o-1", "OrderCreated", serde_json::json!({"n": 1}));
+    outbox::enqueue(&mut *pool.acquire().await.unwrap(), &event)
+        .await
+        .unwrap();
+    relay_to_file_until(&url, &out, 1).await;
+    // As a relay that died after the write and before its mark leaves it.
+    sqlx::query("UPDATE outbox SET published_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    relay_to_file_until(&url, &out, 2).await;
+    let lines = jsonl_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], lines[1], "the same message twice");
+    assert_eq!(lines[0]["headers"]["id"], event.id().to_string());
+
+    let mut conn = pool.acquire().await.unwrap();
+    let mut applied = 0;
+    for line in &lines {
+        let id = uuid::Uuid::parse_str(line["headers"]["id"].as_str().unwrap()).unwrap();
+        if outbox::inbox::receive(&mut *conn, "file-reader", id)
+            .await
+            .unwrap()
+            == outbox::inbox::Receipt::New
+        {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1, "applied once through the inbox");
+    drop(conn);
+    remove_sqlite(&path, store).await;
+    let _ = std::fs::remove_file(&out);
 }

@@ -171,7 +171,7 @@ async fn the_reference_models_table_is_adopted_and_delivers_in_created_at_order(
         .unwrap();
     assert_eq!(left, 0);
     let r = outbox(Some(&db.url), &["migrate"]).await;
-    assert!(r.stdout.contains("up to date (version 4)"), "{}", r.stdout);
+    assert!(r.stdout.contains("up to date (version 6)"), "{}", r.stdout);
     let _ = std::fs::remove_file(out);
 }
 

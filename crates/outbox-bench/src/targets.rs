@@ -114,6 +114,13 @@ pub fn targets(ms: &[Measurement], args: &BenchArgs) -> Vec<Target> {
         measured: overhead.map_or("not measured".into(), |v| format!("{v:.1}%")),
         met: overhead.map(|v| v <= 20.0),
     });
+    let emitted = find(Scenario::WriteOverhead, &[]).and_then(|m| m.get("emit_overhead_percent"));
+    t.push(Target {
+        what: "write overhead of the event as a logical decoding message (outbox::emit)".into(),
+        target: "≤ 10%".into(),
+        measured: emitted.map_or("not measured".into(), |v| format!("{v:.1}%")),
+        met: emitted.map(|v| v <= 10.0),
+    });
     let history = ms
         .iter()
         .filter(|m| m.scenario == Scenario::History)

@@ -27,6 +27,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// The memory the record holds: itself and its strings (payload, headers, ids). What
+    /// the byte budgets (`max_buffer_bytes`) and the `outbox_buffer_bytes` gauge count.
+    pub fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Record>()
+            + self.aggregate_type.len()
+            + self.aggregate_id.len()
+            + self.event_type.len()
+            + self.payload.len()
+            + self.headers.as_ref().map_or(0, String::len)
+    }
+
     /// The aggregate this event belongs to: order is kept within it.
     pub fn aggregate(&self) -> (&str, &str) {
         (&self.aggregate_type, &self.aggregate_id)

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{deliver, observe, plan};
 use crate::error::Error;
+use crate::record::Record;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
 use crate::sink::Sink;
@@ -176,7 +177,11 @@ impl Worker {
             config,
             stats,
         } = &*self;
+        let buffered = stats.buffer_bytes_gauge();
         while let Some(claim) = source.next_batch(&shutdown).await {
+            // The batch is held in memory until it is settled.
+            let bytes: usize = claim.records.iter().map(Record::size_bytes).sum();
+            buffered.increment(bytes as f64);
             let outcomes = deliver(&claim.records, router, &**sink, config.max_in_flight).await;
             observe(&claim.records, &outcomes, &**sink, stats);
             let outage = stats.health().sink_failures_in_a_row();
@@ -187,7 +192,9 @@ impl Worker {
                 settlement.retry.len(),
                 settlement.dead.len(),
             );
-            match claim.settle(&settlement).await {
+            let settled = claim.settle(&settlement).await;
+            buffered.decrement(bytes as f64);
+            match settled {
                 Ok(()) => {
                     stats.settled(ok, failed, dead);
                     tracing::debug!(delivered = ok, failed, dead, "batch settled");

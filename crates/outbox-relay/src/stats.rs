@@ -40,7 +40,8 @@ pub mod names {
     /// Gauge: 1 while this CDC relay stands by (another reader holds the slot), else 0.
     pub const CDC_STANDBY: &str = "outbox_cdc_standby";
     /// Gauge: bytes of events the relay holds in memory (CDC: read from the slot, not yet
-    /// delivered or dead-lettered), bounded by `max_buffer_bytes` plus one event.
+    /// delivered or dead-lettered, bounded by `max_buffer_bytes` plus one event; polling: the
+    /// claimed batches not yet settled).
     pub const BUFFER_BYTES: &str = "outbox_buffer_bytes";
     /// Gauge: 1, labelled with the relay's `version`, `source` and `sink`.
     pub const RELAY_INFO: &str = "outbox_relay_info";
@@ -115,7 +116,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         BUFFER_BYTES,
         Unit::Bytes,
-        "Events held in memory, read but not yet delivered or dead-lettered (CDC)."
+        "Bytes of events held in memory: read (CDC) or claimed (polling), not yet delivered or dead-lettered."
     );
     describe_gauge!(
         RELAY_INFO,
@@ -182,12 +183,7 @@ impl Meters {
             dead_lettered: metrics::counter!(names::EVENTS_DEAD_LETTERED, labels.clone()),
             latency: metrics::histogram!(names::DELIVERY_LATENCY, labels.clone()),
             batch_size: metrics::histogram!(names::CLAIM_BATCH_SIZE, labels.clone()),
-            // Only the CDC source keeps events in memory between reads.
-            buffer_bytes: if source == "cdc" {
-                metrics::gauge!(names::BUFFER_BYTES, labels)
-            } else {
-                Gauge::noop()
-            },
+            buffer_bytes: metrics::gauge!(names::BUFFER_BYTES, labels),
         }
     }
 }
@@ -235,6 +231,12 @@ impl Stats {
     /// A batch (or delivery round) of `n` events was claimed.
     pub(crate) fn claimed(&self, n: usize) {
         self.meters.batch_size.record(n as f64);
+    }
+
+    /// Rows a claim could not read went straight to the dead-letter table.
+    pub(crate) fn dead_lettered_at_claim(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+        self.meters.dead_lettered.increment(n as u64);
     }
 
     /// Delivery attempts failed: `retryable`, `permanent` and `unavailable` of them.

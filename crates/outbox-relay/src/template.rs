@@ -73,9 +73,7 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => name.push(c),
-                            None => {
-                                return Err(format!("topic template {source:?}: unclosed '{{'"))
-                            }
+                            None => return Err(format!("template {source:?}: unclosed '{{'")),
                         }
                     }
                     if !literal.is_empty() {
@@ -83,7 +81,7 @@ impl Template {
                     }
                     parts.push(parse_placeholder(source, &name, with_topic)?);
                 }
-                '}' => return Err(format!("topic template {source:?}: unmatched '}}'")),
+                '}' => return Err(format!("template {source:?}: unmatched '}}'")),
                 c => literal.push(c),
             }
         }
@@ -91,7 +89,7 @@ impl Template {
             parts.push(Part::Literal(literal));
         }
         if parts.is_empty() {
-            return Err("topic template is empty".into());
+            return Err("the template is empty".into());
         }
         Ok(Template {
             source: source.to_string(),
@@ -188,7 +186,7 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
         }
         other => {
             return Err(format!(
-                "topic template {source:?}: unknown placeholder {{{other}}}; \
+                "template {source:?}: unknown placeholder {{{other}}}; \
                  use {{aggregate_type}}, {{aggregate_id}} or {{event_type}}"
             ))
         }
@@ -199,7 +197,7 @@ fn parse_placeholder(source: &str, inner: &str, with_topic: bool) -> Result<Part
         Some("upper") => Filter::Upper,
         Some(other) => {
             return Err(format!(
-                "topic template {source:?}: unknown filter :{other}; use :lower or :upper"
+                "template {source:?}: unknown filter :{other}; use :lower or :upper"
             ))
         }
     };

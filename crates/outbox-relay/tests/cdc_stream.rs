@@ -551,3 +551,176 @@ async fn a_table_in_debeziums_default_shape_routes_with_debeziums_defaults() {
     assert_eq!(sink.len(), 1);
     drop_slot(&pool, &slot).await;
 }
+
+/// Events without a table (`outbox::emit`): routed exactly like rows (the same message for the
+/// same event written either way), in order per aggregate beside the table's rows; a
+/// rolled-back transaction emits nothing; a message that is not a JSON object, or lacks a
+/// column, is dead-lettered with the reason; messages of other prefixes are not events.
+#[tokio::test(flavor = "multi_thread")]
+async fn emitted_messages_are_routed_like_rows() {
+    let db = require!(TestDb::create().await);
+    let (store, pool) = setup(&db).await;
+    let slot = slot_name();
+    let sink = Arc::new(Recorder::default());
+    let relay = CdcRelay::new(
+        store.clone(),
+        &db.url,
+        sink.clone(),
+        CdcRouting::Router(Router::default()),
+        options(&slot),
+    );
+    let run = Running::start(relay).await;
+
+    // The same event written as a row and emitted (different ids, so both are delivered).
+    let as_row = outbox::Event::new("Order", "row", "OrderCreated", serde_json::json!({"n": 1}))
+        .with_header("traceparent", "00-abc");
+    let as_message =
+        outbox::Event::new("Order", "msg", "OrderCreated", serde_json::json!({"n": 1}))
+            .with_header("traceparent", "00-abc");
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut *tx, &as_row).await.unwrap();
+    outbox::emit(&mut tx, &as_message).await.unwrap();
+    tx.commit().await.unwrap();
+    // Rolled back: nothing.
+    let mut tx = pool.begin().await.unwrap();
+    let ghost = outbox::Event::new("Order", "ghost", "OrderCreated", serde_json::json!({}));
+    outbox::emit(&mut tx, &ghost).await.unwrap();
+    tx.rollback().await.unwrap();
+    // Order per aggregate: ten emitted in three transactions (one of them emit_all).
+    let seq = |n: i64| outbox::Event::new("Order", "o-1", "Step", serde_json::json!({"n": n}));
+    let mut tx = pool.begin().await.unwrap();
+    for n in 1..=3 {
+        outbox::emit(&mut tx, &seq(n)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let batch: Vec<_> = (4..=9).map(seq).collect();
+    outbox::emit_all(&mut tx, &batch).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    outbox::emit(&mut conn, &seq(10)).await.unwrap();
+    // Not events: another prefix; non-transactional; bad contents are dead letters.
+    for sql in [
+        "SELECT pg_logical_emit_message(true, 'other', '{}')",
+        "SELECT pg_logical_emit_message(false, 'outbox', '{}')",
+        "SELECT pg_logical_emit_message(true, 'outbox', 'not json')",
+        r#"SELECT pg_logical_emit_message(true, 'outbox', '{"id": "0190a6b2-1111-7000-8000-000000000009", "aggregate_type": "Order"}')"#,
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    wait(Duration::from_secs(20), "12 events delivered", || {
+        sink.len() >= 12
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead: Vec<(String, String)> = loop {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT payload::text, error FROM outbox_dead_letter ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        if rows.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A message the sink refuses is dead-lettered with its LSN as seq; replayed, it comes back
+    // as a row of the table with that seq, and the table's identity moves past it.
+    sink.fail.lock().unwrap().push("flaky".into());
+    let flaky = outbox::Event::new("Order", "flaky", "OrderCreated", serde_json::json!({}));
+    outbox::emit(&mut conn, &flaky).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let flaky_seq: i64 = loop {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM outbox_dead_letter WHERE original_id = $1")
+                .bind(flaky.id())
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        match seq {
+            Some(seq) => break seq,
+            None if tokio::time::Instant::now() > deadline => panic!("flaky not dead-lettered"),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    sink.fail.lock().unwrap().clear();
+    assert_eq!(store.replay(Some(&[flaky.id()])).await.unwrap().len(), 1);
+    wait(Duration::from_secs(20), "the replayed message", || {
+        sink.seen.lock().unwrap().iter().any(|m| m.key == "flaky")
+    })
+    .await;
+    let next: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('Order', 'after', 'E', '{}') RETURNING seq",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        next > flaky_seq,
+        "identity {next} moved past the replayed {flaky_seq}"
+    );
+    wait(Duration::from_secs(20), "the row after", || {
+        sink.seen.lock().unwrap().iter().any(|m| m.key == "after")
+    })
+    .await;
+    run.stop().await;
+
+    let seen = sink.seen.lock().unwrap().clone();
+    let by_key = |k: &str| -> Vec<&Message> { seen.iter().filter(|m| m.key == k).collect() };
+    assert!(
+        by_key("ghost").is_empty(),
+        "a rolled-back emit was delivered"
+    );
+    let (row, msg) = (by_key("row"), by_key("msg"));
+    assert_eq!((row.len(), msg.len()), (1, 1));
+    assert_eq!(row[0].topic, msg[0].topic);
+    let strip = |m: &Message| {
+        let mut v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("id");
+        o.remove("aggregate_id");
+        o.remove("timestamp");
+        let mut h: Vec<(String, String)> = m
+            .headers
+            .iter()
+            // The seq header differs by nature: the row's identity value, the message's LSN.
+            .filter(|(k, _)| k != "id" && k != "seq")
+            .cloned()
+            .collect();
+        h.sort();
+        (v, h)
+    };
+    assert_eq!(
+        strip(row[0]),
+        strip(msg[0]),
+        "the same envelope and headers"
+    );
+    assert!(msg[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "id" && *v == as_message.id().to_string()));
+    let order: Vec<i64> = by_key("o-1")
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.value).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, (1..=10).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 14, "no other message was an event");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|(p, e)| p.contains("not json") && e.contains("not a JSON object")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter().any(|(_, e)| e.contains("aggregate_id")),
+        "{dead:?}"
+    );
+    outbox_relay::store::replication::drop_slot(&pool, &slot, Duration::from_secs(10))
+        .await
+        .unwrap();
+}

@@ -34,6 +34,9 @@ pub enum Error {
         /// Version this build needs.
         required: i64,
     },
+    /// The inbox tables do not exist in this database.
+    #[error("the outbox_inbox table does not exist in this database; create it with outbox::inbox::create_tables (a consumer does at start) or `outbox migrate`")]
+    InboxMissing,
     /// An event payload could not be serialized to JSON.
     #[error("event payload is not serializable to JSON: {0}")]
     Payload(#[from] serde_json::Error),
@@ -44,6 +47,16 @@ impl Error {
     pub(crate) fn from_query(err: sqlx::Error) -> Self {
         if is_undefined_table(&err) {
             Error::SchemaMissing
+        } else {
+            Error::Database(err)
+        }
+    }
+
+    /// Maps "relation does not exist" errors of the inbox's statements to
+    /// [`Error::InboxMissing`].
+    pub(crate) fn from_inbox(err: sqlx::Error) -> Self {
+        if is_undefined_table(&err) {
+            Error::InboxMissing
         } else {
             Error::Database(err)
         }

@@ -23,17 +23,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Consumers apply each event once with the [`inbox`]: the event id recorded in their own
+//! transaction, beside the event's effects.
+//!
 //! The table is a public contract (its columns are documented in the project README, under
-//! "The table"): any language may insert into it with plain SQL. [`migrate`] creates and
+//! "The table"): any language may insert into it with plain SQL. [`migrate()`] creates and
 //! upgrades it, idempotently.
 #![warn(missing_docs)]
 
 pub mod adopt;
+#[cfg(feature = "postgres")]
+pub mod emit;
 mod enqueue;
 mod error;
 mod event;
+pub mod inbox;
 pub mod migrate;
 
+#[cfg(feature = "postgres")]
+pub use emit::{emit, emit_all};
 pub use enqueue::{enqueue, enqueue_all, OutboxConnection};
 pub use error::{is_undefined_table, Error};
 pub use event::Event;

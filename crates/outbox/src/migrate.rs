@@ -18,7 +18,7 @@ pub struct Migration {
 }
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations for PostgreSQL, oldest first.
 pub const POSTGRES: &[Migration] = &[
@@ -46,6 +46,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 5,
         name: "error_history",
         sql: include_str!("../migrations/postgres/0005_error_history.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/postgres/0006_inbox.sql"),
     },
 ];
 
@@ -79,6 +84,11 @@ pub const SQLITE: &[Migration] = &[
         version: 5,
         name: "error_history",
         sql: include_str!("../migrations/sqlite/0005_error_history.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "inbox",
+        sql: include_str!("../migrations/sqlite/0006_inbox.sql"),
     },
 ];
 
@@ -342,9 +352,9 @@ mod tests {
         let left = pending(POSTGRES, &[1]).unwrap();
         assert_eq!(
             left.iter().map(|m| m.version).collect::<Vec<_>>(),
-            vec![2, 3, 4]
+            vec![2, 3, 4, 5, 6]
         );
-        assert!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap().is_empty());
         assert!(matches!(
             pending(POSTGRES, &[1, 99]),
             Err(Error::SchemaTooNew { found: 99, .. })

@@ -14,7 +14,7 @@ use crate::Record;
 pub enum Envelope {
     /// The reference format (the contract's default): value
     /// `{"id", "type", "aggregate_id", "timestamp", ...payload fields}`; headers `id`,
-    /// `event_type`, `aggregate_type` and the row's own headers.
+    /// `event_type`, `aggregate_type`, `seq` and the row's own headers.
     Reference,
     /// As Debezium's outbox EventRouter emits: the payload as-is, header `id`.
     Debezium,
@@ -98,6 +98,9 @@ impl Envelope {
         if !matches!(self, Envelope::Debezium) {
             headers.push(("event_type".to_string(), record.event_type.clone()));
             headers.push(("aggregate_type".to_string(), record.aggregate_type.clone()));
+            // Delivery order: a consumer can tell a late, older event of an aggregate
+            // (`outbox::inbox::advance`).
+            headers.push(("seq".to_string(), record.seq.to_string()));
         }
         if let Some(raw) = record.headers.as_deref() {
             let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(raw) {
@@ -375,9 +378,17 @@ mod tests {
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
-            ["id", "event_type", "aggregate_type", "n", "traceparent"]
+            [
+                "id",
+                "event_type",
+                "aggregate_type",
+                "seq",
+                "n",
+                "traceparent"
+            ]
         );
-        assert_eq!(h[3].1, "3");
+        assert_eq!(h[3].1, r.seq.to_string());
+        assert_eq!(h[4].1, "3");
         let h = Envelope::Debezium.headers(&r).unwrap();
         assert_eq!(
             h[0],
@@ -393,6 +404,7 @@ mod tests {
             ("Nats-Msg-Id", Envelope::Reference),
             ("key", Envelope::Debezium),
             ("Event_Type", Envelope::Reference),
+            ("Seq", Envelope::Reference),
         ] {
             let mut forged = r.clone();
             forged.headers = Some(format!(r#"{{"{name}": "forged"}}"#));

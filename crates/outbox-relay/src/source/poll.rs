@@ -203,6 +203,9 @@ impl PollSource {
                 Ok(claim) => {
                     self.database_answered();
                     self.errors.reset();
+                    if claim.dead_lettered > 0 {
+                        self.stats.dead_lettered_at_claim(claim.dead_lettered);
+                    }
                     let contended = claim.contended;
                     let next_due = claim.next_due;
                     claim.release().await;

@@ -1,6 +1,6 @@
 //! The outbox tables, per database: claiming batches, recording outcomes, status, dead letters
-//! and cleanup. Every SQL statement of the relay lives here: one file per database
-//! (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
+//! and cleanup (`inbox.rs`: the retention of consumers' inboxes too). Every SQL statement of
+//! the relay lives here: one file per database (`postgres.rs`, `sqlite.rs`), plus the CDC source's statements ([`replication`]: slots,
 //! publications, heartbeats; [`cdc`]: its dead letters), and [`connection`]: how to reach
 //! PostgreSQL (libpq's URL parameters, TLS, the password) for every connection.
 
@@ -9,6 +9,7 @@ pub mod cdc;
 mod checks;
 pub mod connection;
 pub mod console;
+mod inbox;
 mod pg_text;
 mod postgres;
 pub mod replication;
@@ -28,6 +29,7 @@ use crate::urls::redact_url;
 use replication::{CdcReaders, ReplicationSlot};
 
 pub use console::{DeadLetterFilter, DeadLetterPage, EventState, EventView, TypeCount};
+pub use inbox::InboxRows;
 
 /// Longest `last_error` / dead-letter `error` kept, in characters.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -500,6 +502,8 @@ pub struct Claim {
     pub contended: bool,
     /// When nothing is claimable: time until the earliest event in backoff becomes due.
     pub next_due: Option<Duration>,
+    /// Rows this claim could not read and moved to the dead-letter table (committed).
+    pub dead_lettered: usize,
     hold: Hold,
 }
 
@@ -515,6 +519,7 @@ impl Claim {
             records,
             contended,
             next_due,
+            dead_lettered: 0,
             hold: Hold::None,
         }
     }

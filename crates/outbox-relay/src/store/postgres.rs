@@ -213,7 +213,9 @@ pub(super) async fn claim(
         // their say about the new dead letters.
         dead_letter_unreadable(&mut tx, &unreadable).await?;
         tx.commit().await?;
-        return Ok(Claim::new(Vec::new(), true, None));
+        let mut claim = Claim::new(Vec::new(), true, None);
+        claim.dead_lettered = unreadable.len();
+        return Ok(claim);
     }
     let contended = total > records.len();
     let next_due = if records.is_empty() && !contended {
@@ -472,6 +474,20 @@ pub(super) async fn replay(pool: &PgPool, ids: Option<&[Uuid]>) -> Result<Vec<Uu
     .fetch_all(pool)
     .await
     .map_err(db)?;
+    // An event the CDC source read from a logical decoding message (`outbox::emit`) comes back
+    // as a row whose seq is the message's LSN: move the identity past it, so no writer's
+    // insert ever draws that number.
+    if !replayed.is_empty() {
+        sqlx::query(
+            "SELECT setval(s, m)
+             FROM (SELECT pg_get_serial_sequence('outbox', 'seq') AS s,
+                          (SELECT max(seq) FROM outbox) AS m) t
+             WHERE s IS NOT NULL AND m > coalesce(pg_sequence_last_value(s::regclass), 0)",
+        )
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    }
     Ok(replayed)
 }
 

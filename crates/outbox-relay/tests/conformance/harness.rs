@@ -92,6 +92,15 @@ pub trait Harness: Send + Sync + Sized + 'static {
     }
     /// Removes what the test created on the broker.
     async fn cleanup(&self);
+    /// True when the broker itself drops a redelivered event (the README's delivery-semantics
+    /// table): JetStream by `Nats-Msg-Id` within the stream's duplicate window.
+    fn broker_dedupes(&self) -> bool {
+        false
+    }
+    /// The header names (as [`Harness::receive`] reports them) that carry the event id.
+    fn id_headers(&self) -> &'static [&'static str] {
+        &["id"]
+    }
 }
 
 /// A relay running in this process.
@@ -512,5 +521,120 @@ pub async fn dead_letters_what_the_broker_refuses<H: Harness>() {
     let got = h.receive(10, Duration::from_secs(10)).await;
     relay.stop().await;
     assert_eq!(check_order(&got), 10, "other events flowed");
+    h.cleanup().await;
+}
+
+async fn enqueue(store: &Store, event: &outbox::Event) {
+    let pool = store.pg_pool().expect("PostgreSQL");
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut *tx, event).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Delivers what is pending with a relay of its own (its own connection or producer session),
+/// then stops it.
+async fn deliver_pending<H: Harness>(h: &H, store: &Store) {
+    let relay = start_relay(h, store, &h.sink_url(&h.broker()), quick_retry(5)).await;
+    wait_status(store, Duration::from_secs(30), "delivery", |s| {
+        s.pending == 0
+    })
+    .await;
+    relay.stop().await;
+}
+
+/// Delivers an event, makes it pending again as a relay that died after the broker's
+/// acknowledgement and before its mark leaves it, waits `between`, then delivers it again and
+/// a later event of its aggregate (a new relay: a new connection or producer session). Returns
+/// (the event, the later one): once the later one is in, every copy before it is too.
+pub async fn deliver_twice<H: Harness>(
+    h: &H,
+    store: &Store,
+    between: Duration,
+) -> (outbox::Event, outbox::Event) {
+    let event = outbox::Event::new("Order", "o-1", "OrderCreated", json!({"n": 1}));
+    enqueue(store, &event).await;
+    deliver_pending(h, store).await;
+    sqlx::query("UPDATE outbox SET published_at = NULL WHERE id = $1")
+        .bind(event.id())
+        .execute(store.pg_pool().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(between).await;
+    let later = outbox::Event::new("Order", "o-1", "OrderCancelled", json!({"n": 2}));
+    enqueue(store, &later).await;
+    deliver_pending(h, store).await;
+    (event, later)
+}
+
+/// Reads `copies` copies of `event` then `later` from the broker, and checks each copy carries
+/// the event id in every header of [`Harness::id_headers`].
+pub async fn receive_copies<H: Harness>(
+    h: &H,
+    (event, later): &(outbox::Event, outbox::Event),
+    copies: usize,
+) -> Vec<Received> {
+    let got = h.receive(copies + 1, Duration::from_secs(30)).await;
+    let ids: Vec<Option<&String>> = got.iter().map(|m| m.headers.get("id")).collect();
+    assert_eq!(
+        got.len(),
+        copies + 1,
+        "{copies} cop(ies) of the redelivered event, then the next one: {ids:?}"
+    );
+    let (id, later_id) = (event.id().to_string(), later.id().to_string());
+    assert_eq!(got[copies].headers.get("id"), Some(&later_id), "{ids:?}");
+    for m in &got[..copies] {
+        for name in h.id_headers() {
+            assert_eq!(m.headers.get(*name), Some(&id), "{name}: {:?}", m.headers);
+        }
+        assert_eq!(m.value, got[0].value, "a copy is the same message");
+    }
+    got
+}
+
+/// Feeds every message through the inbox as a consumer does (the effect written only for a new
+/// event, in the inbox's transaction) and checks each event's effect exists exactly once.
+pub async fn apply_through_the_inbox(pool: &sqlx::PgPool, got: &[Received]) {
+    sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for m in got {
+        let id = uuid::Uuid::parse_str(&m.headers["id"]).expect("a UUID event id");
+        events.push(id);
+        let mut tx = pool.begin().await.unwrap();
+        if outbox::inbox::receive(&mut *tx, "conformance", id)
+            .await
+            .unwrap()
+            == outbox::inbox::Receipt::New
+        {
+            sqlx::query("INSERT INTO effects VALUES ($1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    events.sort();
+    events.dedup();
+    let applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM effects ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, events, "each event's effect exactly once");
+}
+
+/// The delivery-semantics table's row for this sink: an event delivered again is stored once by
+/// a broker that dedupes and twice by the others, every copy carrying the event id in the
+/// headers the table names; through the inbox (`outbox::inbox`) a consumer applies it once.
+pub async fn a_redelivered_event_is_applied_once_through_the_inbox<H: Harness>() {
+    let db = require!(TestDb::create().await);
+    let h = require!(H::setup().await);
+    let store = store(&db).await;
+    let sent = deliver_twice(&h, &store, Duration::ZERO).await;
+    let copies = if h.broker_dedupes() { 1 } else { 2 };
+    let got = receive_copies(&h, &sent, copies).await;
+    apply_through_the_inbox(store.pg_pool().unwrap(), &got).await;
     h.cleanup().await;
 }

@@ -11,7 +11,10 @@
 //! 3. `survives_an_outage`: the broker becomes unreachable mid-stream, then returns: the relay
 //!    retries and nothing is lost, order still holds;
 //! 4. `dead_letters_what_the_broker_refuses`: an oversize or rejected message ends in the
-//!    dead-letter table with a readable reason while other events flow.
+//!    dead-letter table with a readable reason while other events flow;
+//! 5. `a_redelivered_event_is_applied_once_through_the_inbox`: an event delivered again is
+//!    stored once (a broker that dedupes) or twice, with its id in the headers the README's
+//!    delivery-semantics table names, and the inbox applies it once.
 
 mod amqp;
 mod harness;
@@ -23,7 +26,7 @@ mod webhook;
 
 pub use harness::*;
 
-/// Enrolls a sink: generates the four conformance tests for `$harness` in module `$name`.
+/// Enrolls a sink: generates the five conformance tests for `$harness` in module `$name`.
 macro_rules! conformance {
     ($name:ident, $harness:ty) => {
         mod $name {
@@ -42,6 +45,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letters_what_the_broker_refuses() {
                 crate::harness::dead_letters_what_the_broker_refuses::<$harness>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_redelivered_event_is_applied_once_through_the_inbox() {
+                crate::harness::a_redelivered_event_is_applied_once_through_the_inbox::<$harness>()
+                    .await;
             }
         }
     };

@@ -94,6 +94,14 @@ impl Harness for NatsHarness {
         }
     }
 
+    fn broker_dedupes(&self) -> bool {
+        true // by Nats-Msg-Id, within the stream's duplicate window (2 minutes by default)
+    }
+
+    fn id_headers(&self) -> &'static [&'static str] {
+        &["id", "Nats-Msg-Id"]
+    }
+
     async fn cleanup(&self) {
         self.nats.cleanup().await;
     }
@@ -114,4 +122,31 @@ async fn an_unreachable_server_is_unavailable() {
         .await
         .expect("an unreachable server is not a configuration error");
     crate::harness::unreachable_publish_fails(&sink, "orders.created").await;
+}
+
+/// The NATS row's limit: JetStream drops a redelivered event only within the stream's
+/// duplicate window. Redelivered after it (a relay down longer than the window), the event is
+/// stored again — the inbox applies it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_duplicate_window_a_redelivery_is_stored_again() {
+    use crate::harness::{apply_through_the_inbox, deliver_twice, receive_copies, store};
+    let db = outbox_testkit::require!(outbox_testkit::TestDb::create().await);
+    let h = outbox_testkit::require!(NatsHarness::setup().await);
+    let window = Duration::from_millis(500);
+    h.nats
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: h.nats.stream(),
+            subjects: vec![format!("{}.>", h.nats.prefix)],
+            duplicate_window: window,
+            ..Default::default()
+        })
+        .await
+        .expect("a stream with a short duplicate window");
+    let store = store(&db).await;
+    // The window is a time: nothing to await but its passing.
+    let sent = deliver_twice(&h, &store, window * 3).await;
+    let got = receive_copies(&h, &sent, 2).await;
+    apply_through_the_inbox(store.pg_pool().unwrap(), &got).await;
+    h.cleanup().await;
 }

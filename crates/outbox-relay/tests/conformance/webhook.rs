@@ -163,6 +163,10 @@ impl Harness for WebhookHarness {
         }
     }
 
+    fn id_headers(&self) -> &'static [&'static str] {
+        &["id", "webhook-id"]
+    }
+
     async fn cleanup(&self) {
         self.server.abort();
     }

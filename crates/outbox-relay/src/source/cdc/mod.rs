@@ -38,6 +38,7 @@ mod config;
 mod connect;
 pub mod connector;
 mod engine;
+pub mod messages;
 pub mod pgoutput;
 mod pressure;
 mod reader;

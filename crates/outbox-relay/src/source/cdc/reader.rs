@@ -1,6 +1,6 @@
 //! The reader task of a replication session: takes the `pgwire-replication` stream, decodes
-//! `pgoutput`, assembles transactions, maps their rows (contract columns or Debezium's
-//! EventRouter) and hands [`Item`]s to the engine in commit order, through a bounded channel;
+//! `pgoutput`, assembles transactions, maps their rows and `outbox` messages (contract columns
+//! or Debezium's EventRouter; [`messages`]) and hands [`Item`]s to the engine in commit order, through a bounded channel;
 //! confirmed LSNs come back and go to the server as standby status updates.
 //!
 //! Every event it makes is counted in the session's byte [`Budget`]: while the budget is full
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::Item;
+use super::messages;
 use super::pgoutput::{self, PgOutput};
 use super::pressure::Budget;
 use super::rows::{self, Commit, RowMapper, Target};
@@ -52,6 +53,8 @@ struct Assembler {
     open: Option<(Commit, Vec<rows::Event>)>,
     last_pos: u64,
     updates: Throttle,
+    /// Non-transactional `outbox` messages, ignored (warned about, rate-limited).
+    untransactional: Throttle,
     budget: Arc<Budget>,
 }
 
@@ -172,6 +175,31 @@ impl Assembler {
                     | PgOutput::Message { .. } => {}
                 }
             }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } if prefix == messages::PREFIX => match &mut self.open {
+                Some((commit, buf)) if transactional => {
+                    let e = self.mapper.message(&content, lsn.0, commit);
+                    self.budget.take(e.bytes);
+                    buf.push(e);
+                    if buf.len() >= CHUNK || self.budget.is_full() {
+                        self.flush(out);
+                    }
+                }
+                _ => {
+                    if let Some(suppressed) = self.untransactional.hit() {
+                        tracing::warn!(
+                            suppressed,
+                            "an `outbox` logical decoding message emitted outside a transaction \
+                             was ignored: emit events with pg_logical_emit_message(true, …) \
+                             (transactional), so they exist only if their transaction commits"
+                        );
+                    }
+                }
+            },
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
             #[allow(unreachable_patterns)]
             _ => {}
@@ -215,6 +243,10 @@ pub(super) async fn read(
         open: None,
         last_pos: 0,
         updates: Throttle {
+            last: None,
+            suppressed: 0,
+        },
+        untransactional: Throttle {
             last: None,
             suppressed: 0,
         },

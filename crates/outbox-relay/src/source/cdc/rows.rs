@@ -58,8 +58,8 @@ impl Event {
     /// An event with its memory counted.
     pub fn new(txn: u64, record: Record, origin: Option<Record>, invalid: Option<String>) -> Self {
         let bytes = std::mem::size_of::<Event>()
-            + record_bytes(&record)
-            + origin.as_ref().map_or(0, record_bytes)
+            + record.size_bytes()
+            + origin.as_ref().map_or(0, Record::size_bytes)
             + invalid.as_ref().map_or(0, String::len);
         Event {
             txn,
@@ -77,16 +77,6 @@ impl Event {
         let o = self.origin();
         (o.aggregate_type.clone(), o.aggregate_id.clone())
     }
-}
-
-/// Heap and inline bytes of a record (its strings: payload, headers, ids).
-fn record_bytes(r: &Record) -> usize {
-    std::mem::size_of::<Record>()
-        + r.aggregate_type.len()
-        + r.aggregate_id.len()
-        + r.event_type.len()
-        + r.payload.len()
-        + r.headers.as_ref().map_or(0, String::len)
 }
 
 /// The commit a row belongs to.
@@ -108,7 +98,7 @@ impl Commit {
 
 /// The contract's columns in a relation.
 #[derive(Debug, Clone, Default)]
-struct Contract {
+pub(super) struct Contract {
     id: Option<usize>,
     seq: Option<usize>,
     aggregate_type: Option<usize>,
@@ -215,14 +205,16 @@ impl Contract {
 }
 
 /// `2024-05-01 12:00:00.123456+00` (DateStyle ISO) as a UTC time.
+/// RFC 3339 (`2024-05-01T12:00:00Z`, as a message may carry it) is read too.
 pub(crate) fn parse_timestamptz(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s))
         .ok()
         .map(|t| t.with_timezone(&Utc))
 }
 
 #[derive(Debug, Clone)]
-enum Mapping {
+pub(super) enum Mapping {
     Contract(Contract),
     EventRouter {
         bound: BoundColumns,
@@ -241,7 +233,7 @@ struct RelationMap {
 /// Turns decoded rows of the captured tables into [`Event`]s. Holds the relations announced
 /// in the current replication session.
 pub(crate) struct RowMapper {
-    routing: Arc<CdcRouting>,
+    pub(super) routing: Arc<CdcRouting>,
     tables: Vec<TableName>,
     relations: HashMap<u32, RelationMap>,
 }
@@ -268,7 +260,7 @@ impl RowMapper {
         Self::mapping(routing, columns).map(|_| ())
     }
 
-    fn mapping(routing: &CdcRouting, cols: &[(&str, u32)]) -> Result<Mapping, String> {
+    pub(super) fn mapping(routing: &CdcRouting, cols: &[(&str, u32)]) -> Result<Mapping, String> {
         match routing {
             CdcRouting::Router(_) => {
                 let c = Contract::find(
@@ -353,36 +345,53 @@ impl RowMapper {
                 _ => None,
             })
             .collect();
+        let utf8_problem = bad_utf8.then(|| "a column value is not valid UTF-8".to_string());
+        let mapping = map
+            .mapping
+            .as_ref()
+            .map_err(|why| format!("table {}: {why}", map.name));
+        Some(self.event(mapping, &values, commit, utf8_problem))
+    }
+
+    /// The event for the values of one row (or message) in the columns `mapping` found;
+    /// `Err`: why such rows cannot be routed (the event is then dead-lettered with it).
+    pub(super) fn event(
+        &self,
+        mapping: Result<&Mapping, String>,
+        values: &[Option<&str>],
+        commit: &Commit,
+        problem: Option<String>,
+    ) -> Event {
         let event = |record: Record, origin: Option<Record>, invalid: Option<String>| {
             Event::new(commit.txn, record, origin, invalid)
         };
-        let mapping = match &map.mapping {
+        let mapping = match mapping {
             Ok(m) => m,
             Err(why) => {
-                let (rec, _) = Contract::find(&[], ["", "", "", "", ""]).record(&values, commit);
-                return Some(event(rec, None, Some(format!("table {}: {why}", map.name))));
+                let (rec, _) = Contract::find(&[], ["", "", "", "", ""]).record(values, commit);
+                return event(rec, None, Some(why));
             }
         };
-        let utf8_problem = bad_utf8.then(|| "a column value is not valid UTF-8".to_string());
-        Some(match mapping {
+        match mapping {
             Mapping::Contract(c) => {
-                let (r, problem) = c.record(&values, commit);
-                event(r, None, problem.or(utf8_problem))
+                let (r, bad) = c.record(values, commit);
+                event(r, None, bad.or(problem))
             }
             Mapping::EventRouter { bound, origin } => {
-                let (origin_rec, _) = origin.record(&values, commit);
+                let (origin_rec, _) = origin.record(values, commit);
                 let CdcRouting::EventRouter(opts) = &*self.routing else {
-                    return None;
+                    let why = "EventRouter columns without EventRouter options".to_string();
+                    return event(origin_rec, None, Some(why));
                 };
                 match opts
-                    .route(bound, &values)
+                    .route(bound, values)
                     .and_then(|r| prerouted(r, &origin_rec))
                 {
-                    Ok(rec) => event(rec, Some(origin_rec), utf8_problem),
+                    Ok(rec) => event(rec, Some(origin_rec), problem),
                     Err(why) => event(origin_rec.clone(), Some(origin_rec), Some(why)),
                 }
             }
-        })
+        }
     }
 }
 
