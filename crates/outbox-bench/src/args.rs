@@ -89,7 +89,8 @@ impl MetricsMode {
     name = "outbox-bench",
     version,
     about = "Measure the outbox relay (see BENCHMARKS.md). Creates and drops its own database, \
-             replication slot, JetStream stream OUTBOX_BENCH and Kafka topic benchorder-events.",
+             replication slot, JetStream stream OUTBOX_BENCH, Kafka topic and Redis stream \
+             benchorder-events and RabbitMQ queue outbox-bench.",
     after_help = "Exit status: 0 success, 2 bad usage or set-up, 1 failure while measuring."
 )]
 pub struct BenchArgs {
@@ -117,11 +118,14 @@ pub struct BenchArgs {
     )]
     pub mysql: String,
 
-    /// Sinks for the drain scenario, comma-separated.
+    /// Sinks for the drain and ceiling scenarios, comma-separated. `webhook:local` is a
+    /// webhook receiver in this process.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "noop:,nats://127.0.0.1:4222,kafka://127.0.0.1:19092"
+        default_value = "noop:,nats://127.0.0.1:4222,kafka://127.0.0.1:19092,\
+                         amqp://guest:guest@127.0.0.1:5672/%2f,redis://127.0.0.1:6379,\
+                         mqtt://127.0.0.1:1883,webhook:local"
     )]
     pub sinks: Vec<String>,
 

@@ -63,6 +63,9 @@ impl CpuMeter {
         let broker = match sink_url.split(':').next() {
             Some("nats") if local => Some("nats-server"),
             Some("kafka") if local => Some("tansu"),
+            Some("amqp") if local => Some("beam.smp"),
+            Some("redis") if local => Some("redis-server"),
+            Some("mqtt") if local => Some("mosquitto"),
             _ => None,
         };
         let mut meter = CpuMeter {

@@ -4,8 +4,8 @@
 //! Compare only figures from one run: the machine may be shared and noisy.
 //!
 //! The benchmark creates, fills and drops its own database (`outbox_bench_<pid>`), replication
-//! slot, JetStream stream `OUTBOX_BENCH` and Kafka topic `benchorder-events`; it touches
-//! nothing else. The relay is measured in this process (drain, steady, history), except for
+//! slot, JetStream stream `OUTBOX_BENCH`, Kafka topic and Redis stream `benchorder-events` and
+//! RabbitMQ queue `outbox-bench`; it touches nothing else. The relay is measured in this process (drain, steady, history), except for
 //! the footprint scenario, which runs the `outbox` binary as a child process.
 
 mod args;
@@ -15,6 +15,7 @@ mod drain;
 mod error;
 mod footprint;
 mod mysql;
+mod receiver;
 mod recorder;
 mod report;
 mod running;

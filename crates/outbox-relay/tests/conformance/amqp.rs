@@ -330,8 +330,8 @@ mod sink {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
-    /// Concurrent publishes, half of them unroutable: each learns its own fate (a return is
-    /// never pinned on another message).
+    /// Concurrent publishes, half of them unroutable, many in flight on each of two
+    /// channels: each learns its own fate (a return is never pinned on another message).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn returns_reach_the_right_publish() {
         let Some(h) = AmqpHarness::setup().await else {
@@ -339,7 +339,7 @@ mod sink {
         };
         let options = AmqpOptions {
             exchange: h.exchange(),
-            channels: 32,
+            channels: 2,
             ..AmqpOptions::default()
         };
         let sink = std::sync::Arc::new(sink(&h, options).await);
@@ -366,6 +366,55 @@ mod sink {
             }
         }
         assert_eq!(h.receive(200, Duration::from_secs(10)).await.len(), 200);
+        h.cleanup().await;
+    }
+
+    /// One channel, 400 publishes in flight on it, one of them unroutable: that one fails
+    /// (returned), every other one is confirmed and arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unroutable_message_among_many_in_flight_fails_alone() {
+        let Some(h) = AmqpHarness::setup().await else {
+            return;
+        };
+        let options = AmqpOptions {
+            exchange: h.exchange(),
+            channels: 1,
+            max_unconfirmed: 1000,
+            ..AmqpOptions::default()
+        };
+        let sink = std::sync::Arc::new(sink(&h, options).await);
+        let poison = 217;
+        let (start, _) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let sink = sink.clone();
+            let mut go = start.subscribe();
+            let topic = if i == poison {
+                format!("{}.nowhere", h.prefix)
+            } else {
+                h.order_topic()
+            };
+            tasks.push(tokio::spawn(async move {
+                let _ = go.wait_for(|go| *go).await;
+                (i, sink.publish(&message(&topic)).await)
+            }));
+        }
+        // Connected and the exchange known: all 400 go out back to back.
+        sink.publish(&message(&h.order_topic()))
+            .await
+            .expect("a first publish");
+        start.send_replace(true);
+        for t in tasks {
+            let (i, result) = t.await.expect("task");
+            if i == poison {
+                let e = result.expect_err("the unroutable publish fails");
+                assert_eq!(e.kind, ErrorKind::Retryable, "{e}");
+                assert!(e.message.contains("unroutable"), "{e}");
+            } else {
+                result.unwrap_or_else(|e| panic!("publish {i} to a bound key failed: {e}"));
+            }
+        }
+        assert_eq!(h.receive(400, Duration::from_secs(10)).await.len(), 400);
         h.cleanup().await;
     }
 

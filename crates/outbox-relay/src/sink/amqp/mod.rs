@@ -26,43 +26,64 @@
 //! ([`Unavailable`](super::ErrorKind::Unavailable)); [`publish_kind`] decides for errors
 //! RabbitMQ closes a channel with.
 //!
-//! Each publish borrows a channel of its own from a pool (`channels`, the number of publishes in
-//! flight) and holds it until its confirm arrives. One unconfirmed message per channel is what
-//! makes a `basic.return` unambiguous: lapin pairs returns with confirms in arrival order, which
-//! can pin a return on the wrong message when one `basic.ack` (multiple) confirms several
-//! messages of a channel at once. A channel that failed or timed out is closed, not reused.
+//! # Many confirms in flight per channel
+//!
+//! Publishes are spread over `channels` channels (round robin), each with up to
+//! `max_unconfirmed` messages awaiting their confirm; a task per channel publishes and tracks
+//! the confirms ([`pipe`]). A message is delivered only once its confirm came and no return
+//! names it: lapin pins each `basic.return` on whichever confirm it completes next, and one
+//! `basic.ack` with `multiple` completes several, so the returned message's own `message_id`
+//! (the event id) says whose return it is, and a message is decided only once every message
+//! published before it on the channel is confirmed too, which is when its return, if any, has
+//! surely arrived ([`confirms`] gives the argument). An unroutable message among many in flight
+//! fails alone. Order per aggregate is the relay's: it publishes an aggregate's next event only
+//! after the previous one's confirm.
+//!
+//! A channel that fails (closed by the server, a lost connection, a confirm overdue) fails the
+//! messages waiting on it and is replaced; the messages it had not sent yet go on another
+//! channel. A message too large for the broker closes its channel: it is refused for good, the
+//! others waiting on the channel are not its fault and go again as unavailable.
 //!
 //! `amqps://host[:5671]` connects through TLS (rustls), trusting the system's root certificates
 //! and, with `ca_file`, the PEM certificates in that file.
 
+mod confirms;
 mod options;
+mod pipe;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::ExchangeDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 use super::{ErrorKind, Message, Sink, SinkError};
 use crate::template::Template;
 use options::parse_url;
 pub use options::AmqpOptions;
+use pipe::{Job, Pipe, Reply};
+
+/// How many times a message that a failing channel never sent is tried on another channel
+/// before the publish fails as unavailable.
+const SEND_TRIES: usize = 3;
 
 /// How long after a failed connection attempt publishes fail at once (with that attempt's
 /// error) instead of trying again: keeps an outage from turning into a connection storm.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
-/// One AMQP connection and the channels idle on it.
+/// One AMQP connection and the channels publishing on it.
 struct Conn {
     connection: Connection,
-    idle: Mutex<Vec<Channel>>,
+    /// `channels` slots, each with its channel once opened (replaced when it fails).
+    pipes: Vec<tokio::sync::Mutex<Option<Arc<Pipe>>>>,
+    /// The slot the next publish goes to.
+    next: AtomicUsize,
     /// Exchanges declared (or found) on this connection.
     declared: Mutex<HashSet<String>>,
 }
@@ -100,15 +121,13 @@ pub struct AmqpSink {
     current: RwLock<Option<Arc<Conn>>>,
     /// Serializes connection attempts; holds the last failure.
     connecting: tokio::sync::Mutex<Option<Failure>>,
-    /// One permit per channel: bounds the publishes in flight.
-    permits: tokio::sync::Semaphore,
 }
 
 impl AmqpSink {
     /// Connects to `url` (`amqp://user:pass@host:5672/vhost`, vhost percent-encoded: `%2f` is
     /// `/`, which is also the default). Query parameters override `options`: `exchange`,
     /// `routing_key`, `declare_exchange`, `exchange_type`, `mandatory`, `channels`,
-    /// `confirm_timeout`, `connect_timeout`, `max_message_size`, `ca_file`; and lapin's own
+    /// `max_unconfirmed`, `confirm_timeout`, `connect_timeout`, `max_message_size`, `ca_file`; and lapin's own
     /// `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` pass through. Others are
     /// configuration errors.
     ///
@@ -154,7 +173,6 @@ impl AmqpSink {
             exchange_kind,
             current: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(None),
-            permits: tokio::sync::Semaphore::new(options.channels),
             options,
         };
         match sink.connection().await {
@@ -214,7 +232,10 @@ impl AmqpSink {
         *last = None;
         let conn = Arc::new(Conn {
             connection,
-            idle: Mutex::new(Vec::new()),
+            pipes: (0..self.options.channels)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
             declared: Mutex::new(HashSet::new()),
         });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
@@ -254,24 +275,29 @@ impl AmqpSink {
         ConnectFailure { error, refused }
     }
 
-    /// An idle channel in confirm mode, or a new one.
-    async fn channel(&self, conn: &Conn) -> Result<Channel, SinkError> {
-        loop {
-            let idle = conn.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match idle {
-                Some(ch) if ch.status().connected() => return Ok(ch),
-                Some(_) => continue,
-                None => break,
-            }
+    /// The next channel in turn, opened (in confirm mode, with its task) when it is not yet or
+    /// no longer open.
+    async fn pipe(&self, conn: &Conn) -> Result<Arc<Pipe>, SinkError> {
+        let slot = conn.next.fetch_add(1, Ordering::Relaxed) % conn.pipes.len().max(1);
+        let Some(slot) = conn.pipes.get(slot) else {
+            return Err(SinkError::unavailable("RabbitMQ: no channel configured"));
+        };
+        let mut slot = slot.lock().await;
+        if let Some(pipe) = slot.as_ref().filter(|p| p.is_open()) {
+            return Ok(pipe.clone());
         }
-        let opened = tokio::time::timeout(self.options.connect_timeout, async {
-            let ch = conn.connection.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>(ch)
-        })
+        let settings = pipe::Settings {
+            mandatory: self.options.mandatory,
+            confirm_timeout: self.options.confirm_timeout,
+            max_unconfirmed: self.options.max_unconfirmed,
+        };
+        let opened = tokio::time::timeout(
+            self.options.connect_timeout,
+            Pipe::open(&conn.connection, settings),
+        )
         .await;
         match opened {
-            Ok(Ok(ch)) => Ok(ch),
+            Ok(Ok(pipe)) => Ok(slot.insert(Arc::new(pipe)).clone()),
             Ok(Err(e)) => Err(SinkError::unavailable(format!(
                 "RabbitMQ {}: opening a channel: {e}",
                 self.url
@@ -283,13 +309,9 @@ impl AmqpSink {
         }
     }
 
-    /// Declares `exchange` once per connection (when configured to).
-    async fn ensure_exchange(
-        &self,
-        conn: &Conn,
-        channel: &Channel,
-        exchange: &str,
-    ) -> Result<(), SinkError> {
+    /// Declares `exchange` once per connection (when configured to), on a channel of its own
+    /// (a refused declaration closes its channel, never one with publishes in flight).
+    async fn ensure_exchange(&self, conn: &Conn, exchange: &str) -> Result<(), SinkError> {
         if !self.options.declare_exchange || exchange.is_empty() || exchange.starts_with("amq.") {
             return Ok(());
         }
@@ -302,18 +324,22 @@ impl AmqpSink {
             return Ok(());
         }
         let name = short(exchange, "exchange name")?;
-        let declared = tokio::time::timeout(
-            self.options.confirm_timeout,
-            channel.exchange_declare(
-                name,
-                self.exchange_kind.clone(),
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
+        let declared = tokio::time::timeout(self.options.confirm_timeout, async {
+            let channel = conn.connection.create_channel().await?;
+            channel
+                .exchange_declare(
+                    name,
+                    self.exchange_kind.clone(),
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, ShortString::from("declared")).await;
+            Ok::<_, lapin::Error>(())
+        })
         .await;
         match declared {
             Ok(Ok(())) => {
@@ -335,79 +361,6 @@ impl AmqpSink {
             ))),
         }
     }
-
-    /// Publishes on `channel` and waits for its confirm. `Ok(true)`: the channel may be reused.
-    async fn publish_on(
-        &self,
-        conn: &Conn,
-        channel: &Channel,
-        exchange: &str,
-        routing_key: &str,
-        message: &Message,
-        properties: BasicProperties,
-    ) -> Result<(), (SinkError, bool)> {
-        self.ensure_exchange(conn, channel, exchange)
-            .await
-            .map_err(|e| (e, false))?;
-        let ex = short(exchange, "exchange name").map_err(|e| (e, true))?;
-        let rk = short(routing_key, "routing key").map_err(|e| (e, true))?;
-        let options = BasicPublishOptions {
-            mandatory: self.options.mandatory,
-            immediate: false,
-        };
-        let confirmed = tokio::time::timeout(self.options.confirm_timeout, async {
-            channel
-                .basic_publish(ex, rk, options, &message.value, properties)
-                .await?
-                .await
-        })
-        .await;
-        let confirmation = match confirmed {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                // The server closed the channel (unknown exchange, too large, no permission)
-                // or the connection broke.
-                conn.declared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
-                return Err((publish_error(exchange, routing_key, &e), false));
-            }
-            Err(_) => {
-                return Err((
-                    SinkError::unavailable(format!(
-                        "RabbitMQ: no publisher confirm within {:?} (exchange {exchange:?}, \
-                         routing key {routing_key:?})",
-                        self.options.confirm_timeout
-                    )),
-                    false,
-                ))
-            }
-        };
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err((
-                SinkError::retryable(format!(
-                    "RabbitMQ returned the message as unroutable ({} {}): no queue is bound to \
-                     exchange {exchange:?} for routing key {routing_key:?}; bind one, or fix \
-                     the amqp.exchange / amqp.routing_key templates",
-                    returned.reply_code, returned.reply_text
-                )),
-                true,
-            )),
-            Confirmation::Nack(None) => Err((
-                SinkError::retryable(format!(
-                    "RabbitMQ refused the message (basic.nack) on exchange {exchange:?}, \
-                     routing key {routing_key:?}: a queue could not take it"
-                )),
-                true,
-            )),
-            Confirmation::NotRequested => Err((
-                SinkError::unavailable("RabbitMQ: the channel is not in confirm mode"),
-                false,
-            )),
-        }
-    }
 }
 
 #[async_trait]
@@ -425,55 +378,46 @@ impl Sink for AmqpSink {
                 self.options.max_message_size
             )));
         }
-        let properties = properties(message)?;
-
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SinkError::unavailable("RabbitMQ sink is shutting down"))?;
-        // Refused credentials after start too: the operator fixes them, the events wait.
-        let conn = self.connection().await.map_err(|f| f.error)?;
-        let channel = match self.channel(&conn).await {
-            Ok(ch) => ch,
-            Err(e) => {
-                if !conn.is_open() {
-                    self.drop_connection(&conn);
-                }
-                return Err(e);
-            }
+        let mut job = Job {
+            exchange: short(&exchange, "exchange name")?,
+            routing_key: short(&routing_key, "routing key")?,
+            body: message.value.clone(),
+            properties: properties(message)?,
+            id: message.id.hyphenated().to_string(),
         };
-        let result = self
-            .publish_on(
-                &conn,
-                &channel,
-                &exchange,
-                &routing_key,
-                message,
-                properties,
-            )
-            .await;
-        match result {
-            Ok(()) => {
-                conn.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(channel);
-                Ok(())
+        for _ in 0..SEND_TRIES {
+            // Refused credentials after start too: the operator fixes them, the events wait.
+            let conn = self.connection().await.map_err(|f| f.error)?;
+            let ready = match self.ensure_exchange(&conn, &exchange).await {
+                Ok(()) => self.pipe(&conn).await,
+                Err(e) => Err(e),
+            };
+            let reply = match ready {
+                Ok(pipe) => pipe.publish(job).await,
+                Err(e) => Reply::Failed(e),
+            };
+            if !conn.is_open() {
+                self.drop_connection(&conn);
             }
-            Err((e, reusable)) => {
-                if reusable && channel.status().connected() {
-                    conn.idle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(channel);
+            match reply {
+                Reply::Confirmed => return Ok(()),
+                Reply::Failed(e) => {
+                    if e.kind == ErrorKind::Unavailable {
+                        // The server may have closed the channel over a deleted exchange.
+                        conn.declared
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clear();
+                    }
+                    return Err(e);
                 }
-                if !conn.is_open() {
-                    self.drop_connection(&conn);
-                }
-                Err(e)
+                Reply::NotSent(back) => job = *back,
             }
         }
+        Err(SinkError::unavailable(format!(
+            "RabbitMQ {}: its channels kept failing before the message could be sent",
+            self.url
+        )))
     }
 
     fn describe(&self) -> String {

@@ -27,8 +27,11 @@ pub struct AmqpOptions {
     /// Publish `mandatory`: a message no queue is bound for is returned and fails ("unroutable",
     /// retried, then dead-lettered). `false` lets RabbitMQ drop such messages silently.
     pub mandatory: bool,
-    /// Publishes in flight at once, each on a channel of its own.
+    /// Channels the publishes are spread over (round robin), each with a task of its own.
     pub channels: usize,
+    /// Publishes awaiting their publisher confirm on one channel at most; a publish waits for
+    /// room beyond that. In flight at once: `channels × max_unconfirmed`.
+    pub max_unconfirmed: usize,
     /// How long to wait for a publisher confirm before the attempt fails (retryable).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub confirm_timeout: Duration,
@@ -50,7 +53,8 @@ impl Default for AmqpOptions {
             declare_exchange: true,
             exchange_type: "topic".into(),
             mandatory: true,
-            channels: 128,
+            channels: 4,
+            max_unconfirmed: 512,
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_size: 16 * 1024 * 1024,
@@ -103,7 +107,7 @@ pub(super) fn parse_url(
     let mut options = options.clone();
     let mut query = AMQPQueryString::default();
     let known = "exchange, routing_key, exchange_type, declare_exchange, mandatory, channels, \
-                 confirm_timeout, connect_timeout, max_message_size, ca_file, heartbeat, \
+                 max_unconfirmed, confirm_timeout, connect_timeout, max_message_size, ca_file, heartbeat, \
                  frame_max, channel_max, auth_mechanism";
     apply_params(parsed.query_pairs(), known, bad, |p| {
         let int = || p.number::<u64>("a whole number");
@@ -114,6 +118,7 @@ pub(super) fn parse_url(
             "declare_exchange" => options.declare_exchange = p.boolean()?,
             "mandatory" => options.mandatory = p.boolean()?,
             "channels" => options.channels = int()? as usize,
+            "max_unconfirmed" => options.max_unconfirmed = int()? as usize,
             "max_message_size" => options.max_message_size = int()? as usize,
             "ca_file" => options.ca_file = Some(p.text().into()),
             "confirm_timeout" => options.confirm_timeout = p.duration()?,
@@ -144,6 +149,11 @@ pub(super) fn parse_url(
     if options.channels == 0 {
         return Err(crate::Error::Config(
             "amqp.channels must be at least 1".into(),
+        ));
+    }
+    if options.max_unconfirmed == 0 {
+        return Err(crate::Error::Config(
+            "amqp.max_unconfirmed must be at least 1".into(),
         ));
     }
     if options.channels > u16::MAX as usize {
