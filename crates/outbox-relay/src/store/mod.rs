@@ -503,6 +503,15 @@ enum Hold {
 }
 
 impl Claim {
+    /// No records: `n` unreadable rows went to the dead-letter table (committed); claim again
+    /// soon (`contended`), the rows read well come back then, after the blocking rules had
+    /// their say about the new dead letters.
+    pub(crate) fn after_dead_letters(n: usize) -> Self {
+        let mut claim = Claim::new(Vec::new(), true, None);
+        claim.dead_lettered = n;
+        claim
+    }
+
     pub(crate) fn new(records: Vec<Record>, contended: bool, next_due: Option<Duration>) -> Self {
         Claim {
             records,

@@ -213,9 +213,7 @@ pub(super) async fn claim(
         // their say about the new dead letters.
         dead_letter_unreadable(&mut tx, &unreadable).await?;
         tx.commit().await?;
-        let mut claim = Claim::new(Vec::new(), true, None);
-        claim.dead_lettered = unreadable.len();
-        return Ok(claim);
+        return Ok(Claim::after_dead_letters(unreadable.len()));
     }
     let contended = total > records.len();
     let next_due = if records.is_empty() && !contended {

@@ -181,9 +181,7 @@ impl SqliteStore {
             // Out of the way, then claim again soon (`contended`): the others come back then,
             // after the blocking rules had their say about the new dead letters.
             self.dead_letter_unreadable(&unreadable).await?;
-            let mut claim = Claim::new(Vec::new(), true, None);
-            claim.dead_lettered = unreadable.len();
-            return Ok(claim);
+            return Ok(Claim::after_dead_letters(unreadable.len()));
         }
         let next_due = if records.is_empty() {
             let due: Option<String> = sqlx::query_scalar(

@@ -238,9 +238,7 @@ pub(in crate::store) async fn claim(
         // letters.
         dead_letter_unreadable(&mut tx, &unreadable).await?;
         tx.commit().await?;
-        let mut claim = Claim::new(Vec::new(), true, None);
-        claim.dead_lettered = unreadable.len();
-        return Ok(claim);
+        return Ok(Claim::after_dead_letters(unreadable.len()));
     }
     let contended = total > records.len();
     let mut claim = Claim::new(records, contended, None);
