@@ -137,7 +137,8 @@ const EVENT_COLUMNS_PG: &str = "
            headers::text, created_at, retry_count, NULL, NULL, error, failed_at
     FROM outbox_dead_letter WHERE {dead}";
 
-const EVENT_COLUMNS_LITE: &str = "
+/// The same in plain SQL: SQLite's and MySQL's event queries.
+pub(super) const EVENT_COLUMNS_PLAIN: &str = "
     SELECT 'o' AS src, id, NULL AS dl_id, seq, aggregate_type, aggregate_id, event_type,
            payload, headers, created_at, retry_count, published_at, next_attempt_at,
            last_error AS error, NULL AS failed_at
@@ -342,7 +343,7 @@ impl Store {
             }
             Store::Sqlite(s) => {
                 let sql = events_sql(
-                    EVENT_COLUMNS_LITE,
+                    EVENT_COLUMNS_PLAIN,
                     "id = ?1",
                     "original_id = ?1 OR id = ?1",
                     "LIMIT 1",
@@ -393,7 +394,12 @@ impl Store {
             }
             Store::Sqlite(s) => {
                 let cond = "aggregate_type = ?1 AND aggregate_id = ?2";
-                let sql = events_sql(EVENT_COLUMNS_LITE, cond, cond, "ORDER BY seq DESC LIMIT ?3");
+                let sql = events_sql(
+                    EVENT_COLUMNS_PLAIN,
+                    cond,
+                    cond,
+                    "ORDER BY seq DESC LIMIT ?3",
+                );
                 let rows = sqlx::query(&sql)
                     .bind(aggregate_type)
                     .bind(aggregate_id)

@@ -7,20 +7,8 @@ use uuid::Uuid;
 
 use super::{bytes, lossy, uuid};
 use crate::error::{db, Error};
-use crate::store::console::{Columns, DeadLetterSummary};
+use crate::store::console::{Columns, DeadLetterSummary, EVENT_COLUMNS_PLAIN as EVENTS};
 use crate::store::{DeadLetterFilter, DeadLetterPage};
-
-/// The outbox's rows (`src = 'o'`) and the dead-letter table's (`src = 'd'`, whose `id` is the
-/// event's and `dl_id` its own), in the same columns.
-const EVENTS: &str = "
-    SELECT 'o' AS src, id, NULL AS dl_id, seq, aggregate_type, aggregate_id, event_type,
-           payload, headers, created_at, retry_count, published_at, next_attempt_at,
-           last_error AS error, NULL AS failed_at
-    FROM outbox WHERE {outbox}
-    UNION ALL
-    SELECT 'd', original_id, id, seq, aggregate_type, aggregate_id, event_type, payload,
-           headers, created_at, retry_count, NULL, NULL, error, failed_at
-    FROM outbox_dead_letter WHERE {dead}";
 
 const DEAD_FILTER: &str = "(? IS NULL OR aggregate_type = ?)
       AND (? IS NULL OR LOCATE(LOWER(?), LOWER(error)) > 0)
