@@ -1,17 +1,15 @@
 //! Delivery: publish records through a router and a sink, and decide what each outcome means.
 //!
-//! Both sources deliver through here. [`deliver`] publishes a batch: events of *different*
-//! aggregates concurrently (acks awaited together), events of the *same* aggregate one after
-//! the other, each waiting for the previous one's acknowledgement; the first failure stops the
-//! rest of its aggregate, so nothing overtakes it. [`judge`] is the one retry / dead-letter
+//! Both sources deliver through here. [`deliver`] publishes a batch in waves: events of
+//! *different* aggregates together (acks awaited together), events of the *same* aggregate one
+//! wave after the other, each waiting for the previous one's acknowledgement; the first failure
+//! stops the rest of its aggregate, so nothing overtakes it. [`judge`] is the one retry / dead-letter
 //! decision: a failed event is never slept on, it gets a delay (the source keeps it out of
 //! delivery until then) or goes to the dead-letter table. [`plan`] applies it to a polled batch,
 //! giving the [`Settlement`] the store records in one statement.
 
 use std::collections::HashMap;
 use std::time::Duration;
-
-use futures::StreamExt;
 
 use crate::health::Change;
 use crate::message::{ErrorKind, SinkError};
@@ -32,47 +30,67 @@ pub enum Outcome {
     NotAttempted,
 }
 
-/// Publishes a batch: aggregates concurrently (at most `max_in_flight` at once), each
-/// aggregate's events in order, stopping an aggregate at its first failure. Then flushes the
-/// sink; if that fails, nothing in the batch counts as delivered.
+/// Publishes a batch in waves: the first event of every aggregate together
+/// ([`Sink::publish_all`], at most `max_in_flight` of them outstanding at once), then the second
+/// event of each aggregate whose first was acknowledged, and so on. An aggregate stops at its
+/// first failure; the rest of it is [`Outcome::NotAttempted`]. Then flushes the sink; if that
+/// fails, nothing in the batch counts as delivered.
 pub async fn deliver(
     records: &[Record],
     router: &Router,
     sink: &dyn Sink,
     max_in_flight: usize,
 ) -> Vec<Outcome> {
-    let mut chains: Vec<Vec<usize>> = Vec::new();
-    let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        let slot = *index.entry(r.aggregate()).or_insert_with(|| {
-            chains.push(Vec::new());
-            chains.len() - 1
-        });
-        chains[slot].push(i);
+    const NONE: usize = usize::MAX;
+    // `next[i]`: the record after `i` in its aggregate; the first wave is every aggregate's first.
+    let mut next = vec![NONE; records.len()];
+    let mut wave: Vec<usize> = Vec::with_capacity(records.len());
+    {
+        let mut last: HashMap<(&str, &str), usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(records.len(), Default::default());
+        for (i, r) in records.iter().enumerate() {
+            match last.insert(r.aggregate(), i) {
+                Some(before) => next[before] = i,
+                None => wave.push(i),
+            }
+        }
     }
     let mut outcomes = vec![Outcome::NotAttempted; records.len()];
-    let mut results = futures::stream::iter(chains)
-        .map(|chain| async move {
-            let mut done = Vec::with_capacity(chain.len());
-            for i in chain {
-                let result = match router.route(&records[i]) {
-                    Ok(message) => sink.publish(&message).await,
-                    Err(reason) => Err(SinkError::permanent(reason)),
-                };
-                match result {
-                    Ok(()) => done.push((i, Outcome::Delivered)),
-                    Err(e) => {
-                        done.push((i, Outcome::Failed(e)));
-                        break;
-                    }
+    let mut messages = Vec::with_capacity(wave.len());
+    let mut sent = Vec::with_capacity(wave.len());
+    while !wave.is_empty() {
+        messages.clear();
+        sent.clear();
+        for &i in &wave {
+            match router.route(&records[i]) {
+                Ok(message) => {
+                    messages.push(message);
+                    sent.push(i);
                 }
+                Err(reason) => outcomes[i] = Outcome::Failed(SinkError::permanent(reason)),
             }
-            done
-        })
-        .buffer_unordered(max_in_flight.max(1));
-    while let Some(done) = results.next().await {
-        for (i, outcome) in done {
-            outcomes[i] = outcome;
+        }
+        wave.clear();
+        if messages.is_empty() {
+            break;
+        }
+        let mut results = sink.publish_all(&messages, max_in_flight).await.into_iter();
+        for &i in &sent {
+            let result = results.next().unwrap_or_else(|| {
+                Err(SinkError::unavailable(format!(
+                    "sink {} answered fewer results than messages",
+                    sink.describe()
+                )))
+            });
+            outcomes[i] = match result {
+                Ok(()) => {
+                    if next[i] != NONE {
+                        wave.push(next[i]);
+                    }
+                    Outcome::Delivered
+                }
+                Err(e) => Outcome::Failed(e),
+            };
         }
     }
     if outcomes.contains(&Outcome::Delivered) {

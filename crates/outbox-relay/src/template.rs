@@ -158,6 +158,16 @@ impl Template {
                     let value = value_of(*field);
                     match filter {
                         Filter::None => out.push_str(value),
+                        Filter::Lower if value.is_ascii() => {
+                            let start = out.len();
+                            out.push_str(value);
+                            out[start..].make_ascii_lowercase();
+                        }
+                        Filter::Upper if value.is_ascii() => {
+                            let start = out.len();
+                            out.push_str(value);
+                            out[start..].make_ascii_uppercase();
+                        }
                         Filter::Lower => out.extend(value.chars().flat_map(char::to_lowercase)),
                         Filter::Upper => out.extend(value.chars().flat_map(char::to_uppercase)),
                     }

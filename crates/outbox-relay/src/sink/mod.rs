@@ -1,11 +1,15 @@
 //! Sinks: where messages go. One file per broker, all behind the [`Sink`] trait.
 //!
 //! A sink's `publish` returns once the broker has **acknowledged** the message (that is what lets
-//! the relay mark the row published). The relay calls `publish` concurrently for different
-//! aggregates and sequentially within one aggregate, then `flush` once per batch.
+//! the relay mark the row published). The relay hands a batch over in *waves*
+//! ([`Sink::publish_all`]): the first event of every aggregate, then, once those are
+//! acknowledged, the second of each, and so on; then `flush` once per batch. So events of
+//! different aggregates travel together and an event never leaves before the one ahead of it
+//! in its aggregate is acknowledged.
 //!
-//! Adding a sink: implement [`Sink`] in a new file, add its URL scheme to [`from_url`], put it
-//! behind a cargo feature.
+//! Adding a sink: implement [`Sink`] in a new file (`publish`; `publish_all` too when the broker
+//! can take a wave for less than a publish per message), add its URL scheme to [`from_url`],
+//! put it behind a cargo feature.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -26,6 +30,7 @@ pub mod webhook;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
 
 pub use jsonl::{FileSink, StdoutSink};
 
@@ -52,6 +57,36 @@ pub trait Sink: Send + Sync {
     /// Publishes one message and waits for the broker's acknowledgement.
     async fn publish(&self, message: &Message) -> Result<(), SinkError>;
 
+    /// Publishes a wave: messages of *different* aggregates (never two of one), each
+    /// acknowledged or failed on its own. Answers one result per message, in the same order.
+    ///
+    /// The default publishes them concurrently through [`Sink::publish`], at most
+    /// `max_in_flight` at once. A sink overrides it when the broker can take a wave for less
+    /// than a publish per message (one acknowledgement inbox, one timer).
+    async fn publish_all(
+        &self,
+        messages: &[Message],
+        max_in_flight: usize,
+    ) -> Vec<Result<(), SinkError>> {
+        let mut results = vec![None; messages.len()];
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut waiting = messages.iter().enumerate();
+        loop {
+            while running.len() < max_in_flight.max(1) {
+                let Some((i, m)) = waiting.next() else { break };
+                running.push(self.publish(m).map(move |r| (i, r)));
+            }
+            let Some((i, r)) = running.next().await else {
+                break;
+            };
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SinkError::unavailable("not published"))))
+            .collect()
+    }
+
     /// Makes everything published so far durable. Called once per batch, after its publishes;
     /// an error fails every message of the batch (they are retried).
     async fn flush(&self) -> Result<(), SinkError> {
@@ -66,6 +101,13 @@ pub trait Sink: Send + Sync {
 impl<S: Sink + ?Sized> Sink for Arc<S> {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
         (**self).publish(message).await
+    }
+    async fn publish_all(
+        &self,
+        messages: &[Message],
+        max_in_flight: usize,
+    ) -> Vec<Result<(), SinkError>> {
+        (**self).publish_all(messages, max_in_flight).await
     }
     async fn flush(&self) -> Result<(), SinkError> {
         (**self).flush().await

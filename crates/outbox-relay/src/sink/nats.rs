@@ -7,7 +7,7 @@
 //! Unless `subjects` are configured, the sink creates its stream on first use and adds each new
 //! subject to it as events for it appear.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::ConnectErrorKind;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::{apply_params, percent_decode};
@@ -277,12 +278,171 @@ impl Sink for NatsSink {
         }
     }
 
+    /// One acknowledgement inbox for the whole wave: every message is published with a reply
+    /// subject `INBOX.i` on one subscription to `INBOX.*`, so a wave costs one subscription and
+    /// one deadline rather than a request (inbox, oneshot, timer) per message.
+    async fn publish_all(
+        &self,
+        messages: &[Message],
+        max_in_flight: usize,
+    ) -> Vec<Result<(), SinkError>> {
+        if messages.len() < 2 {
+            let mut out = Vec::with_capacity(1);
+            for m in messages {
+                out.push(self.publish(m).await);
+            }
+            return out;
+        }
+        let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; messages.len()];
+        let client = self.js.client();
+        if client.connection_state() == async_nats::connection::State::Disconnected {
+            let down = SinkError::unavailable(format!("NATS {}: not connected", self.url));
+            return vec![Err(down); messages.len()];
+        }
+        // What can be sent: a valid subject (checked once per topic) and headers NATS carries.
+        let mut subjects: HashMap<&str, Result<async_nats::Subject, SinkError>> = HashMap::new();
+        let mut ready: Vec<(usize, async_nats::Subject, HeaderMap)> =
+            Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let subject = subjects
+                .entry(m.topic.as_str())
+                .or_insert_with(|| validate_subject(&m.topic).map(|()| m.topic.clone().into()))
+                .clone();
+            match subject.and_then(|s| Ok((s, headers(m)?))) {
+                Ok((subject, headers)) => ready.push((i, subject, headers)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let inbox = client.new_inbox();
+        let mut acks = match client.subscribe(format!("{inbox}.*")).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                let e = SinkError::unavailable(format!("NATS {}: subscribing: {e}", self.url));
+                for (i, _, _) in &ready {
+                    results[*i] = Some(Err(e.clone()));
+                }
+                None
+            }
+        };
+        let mut no_stream = Vec::new();
+        if let Some(sub) = acks.as_mut() {
+            let limit = max_in_flight.max(1);
+            let (mut ready, mut outstanding) = (ready.into_iter(), 0usize);
+            loop {
+                while outstanding < limit {
+                    let Some((i, subject, headers)) = ready.next() else {
+                        break;
+                    };
+                    let payload = messages[i].value.clone();
+                    let reply = format!("{inbox}.{i}");
+                    match client
+                        .publish_with_reply_and_headers(subject, reply, headers, payload)
+                        .await
+                    {
+                        Ok(()) => outstanding += 1,
+                        Err(e) => {
+                            results[i] = Some(Err(SinkError::unavailable(format!(
+                                "NATS publish to {} failed: {e}",
+                                messages[i].topic
+                            ))))
+                        }
+                    }
+                }
+                if outstanding == 0 {
+                    break;
+                }
+                // Progress, not a per-message clock: the wave gives up when no acknowledgement
+                // at all came within `ack_timeout`.
+                let ack = match tokio::time::timeout(self.options.ack_timeout, sub.next()).await {
+                    Ok(Some(ack)) => ack,
+                    Ok(None) | Err(_) => break,
+                };
+                let index = ack
+                    .subject
+                    .rsplit_once('.')
+                    .and_then(|(_, i)| i.parse::<usize>().ok())
+                    .filter(|i| *i < messages.len());
+                let Some(i) = index.filter(|i| results[*i].is_none()) else {
+                    continue;
+                };
+                outstanding -= 1;
+                match self.judge_ack(&ack, &messages[i].topic) {
+                    Acked::Yes => results[i] = Some(Ok(())),
+                    Acked::NoStream => {
+                        results[i] = Some(Ok(()));
+                        no_stream.push(i);
+                    }
+                    Acked::No(e) => results[i] = Some(Err(e)),
+                }
+            }
+            let _ = sub.unsubscribe().await;
+        }
+        // No stream captures these subjects yet: create or extend it, one message at a time.
+        for i in no_stream {
+            results[i] = Some(self.publish(&messages[i]).await);
+        }
+        results
+            .into_iter()
+            .zip(messages)
+            .map(|(r, m)| {
+                r.unwrap_or_else(|| {
+                    Err(SinkError::unavailable(format!(
+                        "NATS: no acknowledgement within {:?} on {} (server unreachable?)",
+                        self.options.ack_timeout, m.topic
+                    )))
+                })
+            })
+            .collect()
+    }
+
     fn describe(&self) -> String {
         format!("{} (stream {})", self.url, self.options.stream)
     }
 }
 
+/// What a stream's answer to one publish of a wave says.
+enum Acked {
+    Yes,
+    /// No stream captures the subject ("no responders").
+    NoStream,
+    No(SinkError),
+}
+
+/// The part of a JetStream `PubAck` the sink reads: its error, when there is one.
+#[derive(serde::Deserialize)]
+struct PubAck {
+    #[serde(default)]
+    error: Option<jetstream::Error>,
+}
+
 impl NatsSink {
+    /// Reads the stream's answer to one message of a wave, as [`NatsSink::classify`] would
+    /// judge the same answer to a single publish.
+    fn judge_ack(&self, ack: &async_nats::Message, subject: &str) -> Acked {
+        if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            self.forget(subject);
+            return Acked::NoStream;
+        }
+        match serde_json::from_slice::<PubAck>(&ack.payload) {
+            Ok(PubAck { error: None }) => Acked::Yes,
+            Ok(PubAck { error: Some(e) }) => {
+                let kind = publish_kind(PublishErrorKind::Other, Some(e.error_code().0));
+                Acked::No(SinkError {
+                    kind,
+                    message: if kind == ErrorKind::Permanent {
+                        format!("NATS rejected the message: {e}")
+                    } else {
+                        format!("NATS publish to {subject} failed: {e}")
+                    },
+                    retry_after: None,
+                })
+            }
+            Err(e) => Acked::No(SinkError::unavailable(format!(
+                "NATS publish to {subject}: unreadable acknowledgement ({e})"
+            ))),
+        }
+    }
+
     /// One publish, awaiting the stream's acknowledgement.
     async fn send(
         &self,
@@ -442,10 +602,12 @@ pub fn publish_kind(kind: PublishErrorKind, code: Option<u64>) -> ErrorKind {
 
 /// The message's NATS headers: `Nats-Msg-Id` (JetStream's dedupe), `key`, then the envelope's.
 fn headers(message: &Message) -> Result<HeaderMap, SinkError> {
+    const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+    const KEY: HeaderName = HeaderName::from_static("key");
     let mut headers = HeaderMap::new();
     let id = message.id.hyphenated().to_string();
-    headers.insert("Nats-Msg-Id", id.as_str());
-    headers.insert("key", header_value("key", &message.key)?);
+    headers.insert(MSG_ID, HeaderValue::from(id));
+    headers.insert(KEY, header_value("key", &message.key)?);
     for (k, v) in &message.headers {
         let name = HeaderName::from_str(k).map_err(|_| {
             SinkError::permanent(format!(

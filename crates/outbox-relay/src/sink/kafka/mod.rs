@@ -28,6 +28,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -365,17 +366,7 @@ impl Sink for KafkaSink {
         if !self.is_known(&message.topic) {
             self.ensure_topic(&message.topic).await?;
         }
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(&message.topic)
-            .key(message.key.as_bytes())
-            .payload(message.value.as_ref())
-            .headers(headers);
+        let record = record(message);
         let producer = self.producer();
         // The queue timeout only applies while librdkafka's local queue is full.
         match producer
@@ -390,9 +381,115 @@ impl Sink for KafkaSink {
         }
     }
 
+    /// Hands the whole wave to librdkafka's queue at once, then awaits the delivery reports in
+    /// order: no task or timer per message.
+    async fn publish_all(
+        &self,
+        messages: &[Message],
+        max_in_flight: usize,
+    ) -> Vec<Result<(), SinkError>> {
+        let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; messages.len()];
+        let mut topics: std::collections::HashMap<&str, Result<(), SinkError>> =
+            std::collections::HashMap::new();
+        for m in messages {
+            if !topics.contains_key(m.topic.as_str()) {
+                let check = match validate_topic(&m.topic) {
+                    Ok(()) if !self.is_known(&m.topic) => self.ensure_topic(&m.topic).await,
+                    other => other,
+                };
+                topics.insert(&m.topic, check);
+            }
+        }
+        let producer = self.producer();
+        let limit = max_in_flight.max(1);
+        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> =
+            std::collections::VecDeque::with_capacity(messages.len().min(limit));
+        for (i, m) in messages.iter().enumerate() {
+            if let Some(Err(e)) = topics.get(m.topic.as_str()) {
+                results[i] = Some(Err(e.clone()));
+                continue;
+            }
+            let mut record = record(m);
+            let started = std::time::Instant::now();
+            loop {
+                if pending.len() >= limit {
+                    if let Some((j, report)) = pending.pop_front() {
+                        results[j] = Some(self.reported(&messages[j], report.await, &producer));
+                    }
+                }
+                match producer.send_result(record) {
+                    Ok(report) => {
+                        pending.push_back((i, report));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if started.elapsed() < self.options.message_timeout =>
+                    {
+                        // librdkafka's queue is full: wait for the oldest report, or a moment.
+                        record = back;
+                        match pending.pop_front() {
+                            Some((j, report)) => {
+                                let r = self.reported(&messages[j], report.await, &producer);
+                                results[j] = Some(r);
+                            }
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        results[i] = Some(Err(self.classify(m, &e, &producer)));
+                        break;
+                    }
+                }
+            }
+        }
+        for (j, report) in pending {
+            results[j] = Some(self.reported(&messages[j], report.await, &producer));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SinkError::unavailable("Kafka: not sent"))))
+            .collect()
+    }
+
     fn describe(&self) -> String {
         format!("{} (idempotent, acks=all)", self.describe)
     }
+}
+
+impl KafkaSink {
+    /// What a delivery report says about `message`.
+    fn reported(
+        &self,
+        message: &Message,
+        report: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+        producer: &Arc<KafkaProducer>,
+    ) -> Result<(), SinkError> {
+        match report {
+            Ok(Ok(_)) => {
+                self.log.delivered();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(self.classify(message, &e, producer)),
+            Err(_) => Err(SinkError::unavailable(
+                "Kafka: the producer went away before reporting the delivery",
+            )),
+        }
+    }
+}
+
+/// The record for `message`: its topic, key, value and headers.
+fn record(message: &Message) -> FutureRecord<'_, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (key, value) in &message.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    FutureRecord::to(&message.topic)
+        .key(message.key.as_bytes())
+        .payload(message.value.as_ref())
+        .headers(headers)
 }
 
 fn message_size(m: &Message) -> usize {

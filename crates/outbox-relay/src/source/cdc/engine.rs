@@ -9,7 +9,9 @@
 //! and every book before it are done, so a restart from the slot redelivers at most what was
 //! not acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +147,7 @@ impl Engine {
         Engine {
             books: VecDeque::new(),
             ready: VecDeque::new(),
-            parked: HashMap::new(),
+            parked: HashMap::default(),
             dead: Vec::new(),
             dead_retry_at: None,
             dead_backoff: Backoff::new(Duration::from_millis(400), Duration::from_secs(5)),
@@ -280,7 +282,7 @@ impl Engine {
         let now = Instant::now();
         self.rounds += 1;
         let id = self.rounds;
-        let mut batch: Vec<Event> = Vec::new();
+        let mut batch: Vec<Event> = Vec::with_capacity(p.config.batch_size.min(self.ready.len() + 64));
         let due: Vec<(String, String)> = self
             .parked
             .iter()
@@ -422,7 +424,7 @@ impl Engine {
                 }
             }
         }
-        let mut fates: HashMap<(String, String), Fate> = HashMap::new();
+        let mut fates: HashMap<(String, String), Fate> = HashMap::default();
         let outage = p.stats.health().sink_failures_in_a_row();
         let (mut delivered, mut failed) = (0usize, 0usize);
         let mut first_error: Option<String> = None;

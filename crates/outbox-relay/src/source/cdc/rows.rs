@@ -207,10 +207,66 @@ impl Contract {
 /// `2024-05-01 12:00:00.123456+00` (DateStyle ISO) as a UTC time.
 /// RFC 3339 (`2024-05-01T12:00:00Z`, as a message may carry it) is read too.
 pub(crate) fn parse_timestamptz(s: &str) -> Option<DateTime<Utc>> {
+    iso_timestamptz(s.as_bytes()).or_else(|| parse_timestamptz_slow(s))
+}
+
+/// The general parse (chrono's format parser: about a twentieth of the CDC relay's CPU when
+/// every row took this path).
+fn parse_timestamptz_slow(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
         .or_else(|_| DateTime::parse_from_rfc3339(s))
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The shape PostgreSQL writes a `timestamptz` in, DateStyle ISO, read by hand:
+/// `YYYY-MM-DD HH:MM:SS[.f{1,6}]±HH[:MM[:SS]]`. `None` for anything else (the caller falls back to
+/// the general parse).
+fn iso_timestamptz(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 22 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(num(&b[0..4])?).ok()?,
+        num(&b[5..7])?,
+        num(&b[8..10])?,
+    )?;
+    let (h, m, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let mut rest = &b[19..];
+    let mut micros = 0u32;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 6 {
+            return None;
+        }
+        micros = num(&frac[..digits])? * 10u32.pow(6 - digits as u32);
+        rest = &frac[digits..];
+    }
+    let sign: i64 = match rest.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let zone = &rest[1..];
+    let offset = match zone.len() {
+        2 => num(zone)? * 3600,
+        5 if zone[2] == b':' => num(&zone[..2])? * 3600 + num(&zone[3..])? * 60,
+        8 if zone[2] == b':' && zone[5] == b':' => {
+            num(&zone[..2])? * 3600 + num(&zone[3..5])? * 60 + num(&zone[6..])?
+        }
+        _ => return None,
+    };
+    let local = date.and_hms_micro_opt(h, m, sec, micros)?;
+    let utc = local - chrono::Duration::seconds(sign * i64::from(offset));
+    Some(utc.and_utc())
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +509,38 @@ mod tests {
             Ok(PgOutput::Relation(r)) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn timestamps_read_by_hand_as_chrono_reads_them() {
+        for s in [
+            "2024-05-01 12:00:00+00",
+            "2024-05-01 12:00:00.123456+00",
+            "2024-05-01 12:00:00.5+02",
+            "2024-12-31 23:59:59.000001-05:30",
+            "2024-02-29 00:00:00.12+05:45",
+        ] {
+            let fast = iso_timestamptz(s.as_bytes());
+            assert!(fast.is_some(), "{s}");
+            assert_eq!(fast, parse_timestamptz_slow(s), "{s}");
+        }
+        for s in [
+            "2024-05-01T12:00:00Z",
+            "2024-13-01 12:00:00+00",
+            "2024-05-01 12:00:00.1234567+00",
+            "2024-05-01 12:00:00",
+            "12024-05-01 12:00:00+00",
+            "2024-05-01 12:00:00+00 BC",
+            "2024-05-01 1x:00:00+00",
+        ] {
+            assert_eq!(iso_timestamptz(s.as_bytes()), None, "{s}");
+        }
+        assert!(parse_timestamptz("2024-05-01T12:00:00Z").is_some());
+        // A zone offset with seconds (historic local mean time).
+        assert_eq!(
+            iso_timestamptz(b"1999-01-01 00:00:00-00:00:21").map(|t| t.to_rfc3339()),
+            Some("1999-01-01T00:00:21+00:00".to_string())
+        );
     }
 
     fn tuple(cols: &[Col]) -> Vec<Datum> {
