@@ -341,10 +341,16 @@ impl Sink for NatsSink {
                     {
                         Ok(()) => outstanding += 1,
                         Err(e) => {
-                            results[i] = Some(Err(SinkError::unavailable(format!(
-                                "NATS publish to {} failed: {e}",
-                                messages[i].topic
-                            ))))
+                            use async_nats::client::PublishErrorKind as Client;
+                            let topic = &messages[i].topic;
+                            results[i] = Some(Err(match e.kind() {
+                                Client::MaxPayloadExceeded | Client::InvalidSubject => {
+                                    SinkError::permanent(format!("NATS rejected the message: {e}"))
+                                }
+                                Client::Send => SinkError::unavailable(format!(
+                                    "NATS publish to {topic} failed: {e}"
+                                )),
+                            }))
                         }
                     }
                 }

@@ -150,3 +150,47 @@ async fn after_the_duplicate_window_a_redelivery_is_stored_again() {
     apply_through_the_inbox(store.pg_pool().unwrap(), &got).await;
     h.cleanup().await;
 }
+
+/// A wave ([`Sink::publish_all`]) on one acknowledgement inbox: the stream does not exist yet
+/// (it is created on the "no responders" answer), a message too large and one with an invalid
+/// subject fail alone and permanently, and every other message is acknowledged and stored
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_is_acknowledged_message_by_message() {
+    use outbox_relay::sink::nats::NatsSink;
+    use outbox_relay::sink::{Message, Sink};
+
+    let h = outbox_testkit::require!(NatsHarness::setup().await);
+    let sink = NatsSink::connect(&h.sink_url(&h.broker()), &h.sink_options().nats)
+        .await
+        .expect("NATS sink");
+    let message = |i: usize, topic: String, bytes: usize| Message {
+        id: uuid::Uuid::now_v7(),
+        topic,
+        key: format!("order-{i}"),
+        value: bytes::Bytes::from(vec![b'x'; bytes]),
+        headers: vec![("event_type".into(), "OrderCreated".into())],
+    };
+    let mut wave: Vec<Message> = (0..50).map(|i| message(i, h.order_topic(), 100)).collect();
+    wave[10] = message(10, h.order_topic(), 2 * 1024 * 1024);
+    wave[20] = message(20, format!("{} bad", h.order_topic()), 100);
+    let results = sink.publish_all(&wave, 16).await;
+    assert_eq!(results.len(), wave.len());
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            10 | 20 => assert_eq!(
+                r.as_ref().map_err(|e| e.kind),
+                Err(ErrorKind::Permanent),
+                "message {i}: {r:?}"
+            ),
+            _ => assert!(r.is_ok(), "message {i}: {r:?}"),
+        }
+    }
+    let got = h.receive(48, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 48, "every acknowledged message stored once");
+    // The same wave again: JetStream drops the copies by Nats-Msg-Id, and acknowledges them.
+    let again = sink.publish_all(&wave, 1024).await;
+    assert_eq!(again.iter().filter(|r| r.is_ok()).count(), 48);
+    assert_eq!(h.receive(49, Duration::from_secs(2)).await.len(), 48);
+    h.cleanup().await;
+}

@@ -282,7 +282,8 @@ impl Engine {
         let now = Instant::now();
         self.rounds += 1;
         let id = self.rounds;
-        let mut batch: Vec<Event> = Vec::with_capacity(p.config.batch_size.min(self.ready.len() + 64));
+        let mut batch: Vec<Event> =
+            Vec::with_capacity(p.config.batch_size.min(self.ready.len() + 64));
         let due: Vec<(String, String)> = self
             .parked
             .iter()
