@@ -85,7 +85,7 @@ pub struct RelayArgs {
     #[arg(long, env = "OUTBOX_KEY")]
     pub key: Option<String>,
 
-    /// Largest batch claimed at once [default: 500].
+    /// Largest batch claimed at once [default: 2000].
     #[arg(long)]
     pub batch_size: Option<usize>,
 

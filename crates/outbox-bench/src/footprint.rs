@@ -139,7 +139,7 @@ pub async fn footprint(
             "source": "poll",
             "sink": outbox_relay::redact_url(&args.sink),
             "events": args.footprint_events,
-            "settings": "the relay's defaults (batch_size 500, workers 2, on_publish mark)",
+            "settings": "the relay's defaults (batch_size 2000, workers 2, on_publish mark)",
             "process": "outbox relay (child process)",
         }),
     )

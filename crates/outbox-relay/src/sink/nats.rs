@@ -615,14 +615,35 @@ fn headers(message: &Message) -> Result<HeaderMap, SinkError> {
     headers.insert(MSG_ID, HeaderValue::from(id));
     headers.insert(KEY, header_value("key", &message.key)?);
     for (k, v) in &message.headers {
-        let name = HeaderName::from_str(k).map_err(|_| {
-            SinkError::permanent(format!(
-                "header name {k:?} is not allowed by NATS (printable ASCII, no ':')"
-            ))
-        })?;
+        let name = match known_name(k) {
+            Some(name) => name,
+            None => HeaderName::from_str(k).map_err(|_| {
+                SinkError::permanent(format!(
+                    "header name {k:?} is not allowed by NATS (printable ASCII, no ':')"
+                ))
+            })?,
+        };
         headers.append(name, header_value(k, v)?);
     }
     Ok(headers)
+}
+
+/// The envelopes' own header names, without parsing or allocating one per message.
+fn known_name(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "id" => "id",
+        "event_type" => "event_type",
+        "aggregate_type" => "aggregate_type",
+        "seq" => "seq",
+        "ce_specversion" => "ce_specversion",
+        "ce_id" => "ce_id",
+        "ce_source" => "ce_source",
+        "ce_type" => "ce_type",
+        "ce_subject" => "ce_subject",
+        "ce_time" => "ce_time",
+        "content-type" => "content-type",
+        _ => return None,
+    }))
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, SinkError> {

@@ -96,7 +96,7 @@ pub struct PollOptions {
 impl Default for PollOptions {
     fn default() -> Self {
         PollOptions {
-            batch_size: 500,
+            batch_size: 2000,
             max_batch_bytes: 64 << 20,
             poll_interval: Duration::from_secs(1),
             dead_letters_block: true,

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use foldhash::HashMap;
+use hashbrown::{Equivalent, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +120,21 @@ fn chain_key(r: &Record) -> (String, String) {
     (r.aggregate_type.clone(), r.aggregate_id.clone())
 }
 
+/// A record's aggregate, borrowed: looks up a [`chain_key`] without allocating one. Hashes as
+/// the `(String, String)` key does (a tuple and this struct both hash their fields in order).
+#[derive(Hash)]
+struct Agg<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for Agg<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+fn agg(r: &Record) -> Agg<'_> {
+    Agg(&r.aggregate_type, &r.aggregate_id)
+}
+
 fn placeholder() -> Record {
     Record {
         seq: 0,
@@ -135,6 +150,7 @@ fn placeholder() -> Record {
 }
 
 /// Why an event goes to the dead-letter table after failing.
+#[derive(Clone, Copy)]
 enum Fate {
     Parked,
     Dead(Uuid),
@@ -255,14 +271,13 @@ impl Engine {
 
     /// Puts an event into round `id`, or behind the round that has its aggregate out.
     fn admit(&mut self, id: u64, now: Instant, ev: Event, batch: &mut Vec<Event>) {
-        let key = chain_key(&ev.record);
-        match self.parked.get_mut(&key) {
+        match self.parked.get_mut(&agg(&ev.record)) {
             // (A queue left behind this round keeps its place before `ev`.)
             Some(pk) if pk.round == Some(id) && pk.queue.is_empty() => batch.push(ev),
             Some(pk) => pk.queue.push_back(ev),
             None => {
                 self.parked.insert(
-                    key,
+                    chain_key(&ev.record),
                     Parked {
                         due: now,
                         queue: VecDeque::new(),
@@ -337,13 +352,16 @@ impl Engine {
                 self.dead.push((ev, why));
                 continue;
             }
-            if let Some(parked) = self.parked.get_mut(&chain_key(&ev.record)) {
+            if let Some(parked) = self.parked.get_mut(&agg(&ev.record)) {
                 if parked.round != Some(id) || !parked.queue.is_empty() {
                     parked.queue.push_back(ev);
                     continue;
                 }
             }
-            if p.config.dead_letters_block && blocked.contains_key(&ev.origin_key()) {
+            if p.config.dead_letters_block
+                && !blocked.is_empty()
+                && blocked.contains_key(&ev.origin_key())
+            {
                 candidates.push(ev);
                 continue;
             }
@@ -418,9 +436,8 @@ impl Engine {
         // Later events of the round's aggregates that queued while it was out.
         let mut held: Vec<((String, String), VecDeque<Event>)> = Vec::new();
         for r in &records {
-            let key = chain_key(r);
-            if self.parked.get(&key).is_some_and(|pk| pk.round == Some(id)) {
-                if let Some(pk) = self.parked.remove(&key) {
+            if self.parked.get(&agg(r)).is_some_and(|pk| pk.round == Some(id)) {
+                if let Some((key, pk)) = self.parked.remove_entry(&agg(r)) {
                     held.push((key, pk.queue));
                 }
             }
@@ -431,8 +448,8 @@ impl Engine {
         let mut first_error: Option<String> = None;
         for ((mut ev, record), outcome) in events.into_iter().zip(records).zip(outcomes) {
             ev.record = record;
-            let key = chain_key(&ev.record);
-            match (outcome, fates.get(&key)) {
+            let fate = fates.get(&agg(&ev.record)).copied();
+            match (outcome, fate) {
                 (Outcome::Delivered, None) => {
                     self.done(&ev);
                     delivered += 1;
@@ -449,7 +466,7 @@ impl Engine {
                                     id: o.id,
                                 });
                             }
-                            fates.insert(key, Fate::Dead(o.id));
+                            fates.insert(chain_key(&ev.record), Fate::Dead(o.id));
                             self.dead.push((ev, reason));
                         }
                         Verdict::Retry { delay, counted } => {
@@ -462,6 +479,7 @@ impl Engine {
                                 first_error.get_or_insert_with(|| e.message.clone());
                                 failed += 1;
                             }
+                            let key = chain_key(&ev.record);
                             fates.insert(key.clone(), Fate::Parked);
                             self.parked.insert(
                                 key,
@@ -477,7 +495,7 @@ impl Engine {
                 // Behind a failure of its aggregate in this round (not attempted, or failed
                 // with it when the flush failed): it keeps its place.
                 (_, Some(Fate::Parked)) | (Outcome::NotAttempted, None) => {
-                    self.park_now(key, now, [ev]);
+                    self.park_now(chain_key(&ev.record), now, [ev]);
                 }
                 (_, Some(Fate::Dead(dead))) => {
                     if p.config.dead_letters_block {
@@ -485,7 +503,7 @@ impl Engine {
                         self.dead.push((ev, why));
                     } else {
                         // on_dead_letter = proceed: the rest of the aggregate goes next round.
-                        self.park_now(key, now, [ev]);
+                        self.park_now(chain_key(&ev.record), now, [ev]);
                     }
                 }
             }
