@@ -59,10 +59,24 @@ impl Envelope {
 
     /// The message value for `record`.
     pub fn value(&self, record: &Record) -> Result<Vec<u8>, String> {
+        self.value_with_id(record, &record.id.hyphenated().to_string())
+    }
+
+    /// The value and the headers for `record` (the event id formatted once for both).
+    pub fn value_and_headers(
+        &self,
+        record: &Record,
+    ) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+        let id = record.id.hyphenated().to_string();
+        let value = self.value_with_id(record, &id)?;
+        Ok((value, self.headers_with_id(record, id)?))
+    }
+
+    fn value_with_id(&self, record: &Record, id: &str) -> Result<Vec<u8>, String> {
         match self {
-            Envelope::Reference => reference_value(record),
+            Envelope::Reference => reference_value(record, id),
             Envelope::Debezium => Ok(record.payload.as_bytes().to_vec()),
-            Envelope::CloudEvents { source } => Ok(cloudevent_value(record, source)),
+            Envelope::CloudEvents { source } => Ok(cloudevent_value(record, source, id)),
             Envelope::CloudEventsBinary { .. } => Ok(record.payload.trim().as_bytes().to_vec()),
         }
     }
@@ -78,8 +92,15 @@ impl Envelope {
 
     /// The message headers for `record`: the envelope's own, then the row's `headers`.
     pub fn headers(&self, record: &Record) -> Result<Vec<(String, String)>, String> {
+        self.headers_with_id(record, record.id.hyphenated().to_string())
+    }
+
+    fn headers_with_id(
+        &self,
+        record: &Record,
+        id: String,
+    ) -> Result<Vec<(String, String)>, String> {
         let mut headers = Vec::with_capacity(12);
-        let id = record.id.hyphenated().to_string();
         if let Envelope::CloudEventsBinary { source } = self {
             headers.push(("ce_specversion".to_string(), "1.0".to_string()));
             headers.push(("ce_id".to_string(), id.clone()));
@@ -160,25 +181,35 @@ fn reserved_header(name: &str, envelope: &[(String, String)]) -> Option<&'static
 /// `2024-05-01T12:00:00.123456+00:00`, fraction left out when zero.
 pub fn isoformat(t: &DateTime<Utc>) -> String {
     use chrono::Datelike;
-    use std::fmt::Write;
-    // Hand-formatted: chrono's strftime parser showed up in relay profiles.
-    let mut out = String::with_capacity(32);
-    let micros = t.nanosecond() / 1000 % 1_000_000;
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    if micros != 0 {
-        let _ = write!(out, ".{micros:06}");
+    // Hand-formatted, digit by digit: chrono's strftime parser, then `write!`, showed up in
+    // relay profiles.
+    fn digits(out: &mut [u8], mut n: u32) {
+        for d in out.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
     }
-    out.push_str("+00:00");
-    out
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string();
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000+00:00";
+    digits(&mut b[0..4], year as u32);
+    digits(&mut b[5..7], t.month());
+    digits(&mut b[8..10], t.day());
+    digits(&mut b[11..13], t.hour());
+    digits(&mut b[14..16], t.minute());
+    digits(&mut b[17..19], t.second().min(59));
+    let micros = t.nanosecond() / 1000 % 1_000_000;
+    let text = if micros != 0 {
+        digits(&mut b[20..26], micros);
+        &b[..]
+    } else {
+        b.copy_within(26.., 19);
+        &b[..b.len() - 7]
+    };
+    // Only ASCII digits and punctuation were written.
+    String::from_utf8_lossy(text).into_owned()
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -191,7 +222,7 @@ const FIXED: [&str; 4] = ["id", "type", "aggregate_id", "timestamp"];
 /// `{"id": …, "type": …, "aggregate_id": …, "timestamp": …, **payload}` with Python's merge
 /// rules: a payload field of the same name replaces the fixed one in place. A payload that is not
 /// an object is kept whole under `"payload"`.
-fn reference_value(r: &Record) -> Result<Vec<u8>, String> {
+fn reference_value(r: &Record, id: &str) -> Result<Vec<u8>, String> {
     let fields = match serde_json::from_str::<TopLevel>(&r.payload) {
         Ok(TopLevel(fields)) => Some(fields),
         Err(_) => {
@@ -202,9 +233,8 @@ fn reference_value(r: &Record) -> Result<Vec<u8>, String> {
         }
     };
     let mut out = Vec::with_capacity(r.payload.len() + 160);
-    let id = r.id.hyphenated().to_string();
     let ts = isoformat(&r.created_at);
-    let fixed_values = [&id, &r.event_type, &r.aggregate_id, &ts];
+    let fixed_values = [id, &r.event_type, &r.aggregate_id, &ts];
     out.push(b'{');
     for (i, (name, value)) in FIXED.iter().zip(fixed_values).enumerate() {
         if i > 0 {
@@ -238,10 +268,10 @@ fn reference_value(r: &Record) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn cloudevent_value(r: &Record, source: &str) -> Vec<u8> {
+fn cloudevent_value(r: &Record, source: &str, id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(r.payload.len() + 256);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-    push_json_str(&mut out, &r.id.hyphenated().to_string());
+    push_json_str(&mut out, id);
     out.extend_from_slice(b",\"source\":");
     push_json_str(&mut out, source);
     out.extend_from_slice(b",\"type\":");

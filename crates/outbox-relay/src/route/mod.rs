@@ -56,6 +56,7 @@ impl Router {
     /// Builds the message for one record; an error means the record can never be delivered
     /// as it stands (it goes to the dead-letter table with this reason).
     pub fn route(&self, record: &Record) -> Result<Message, String> {
+        let (value, headers) = self.envelope.value_and_headers(record)?;
         Ok(Message {
             id: record.id,
             topic: self.topic.render(record),
@@ -63,8 +64,8 @@ impl Router {
                 Some(t) => t.render(record),
                 None => record.aggregate_id.clone(),
             },
-            value: Bytes::from(self.envelope.value(record)?),
-            headers: self.envelope.headers(record)?,
+            value: Bytes::from(value),
+            headers,
         })
     }
 }

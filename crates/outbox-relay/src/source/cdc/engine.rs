@@ -436,7 +436,11 @@ impl Engine {
         // Later events of the round's aggregates that queued while it was out.
         let mut held: Vec<((String, String), VecDeque<Event>)> = Vec::new();
         for r in &records {
-            if self.parked.get(&agg(r)).is_some_and(|pk| pk.round == Some(id)) {
+            if self
+                .parked
+                .get(&agg(r))
+                .is_some_and(|pk| pk.round == Some(id))
+            {
                 if let Some((key, pk)) = self.parked.remove_entry(&agg(r)) {
                     held.push((key, pk.queue));
                 }
