@@ -36,7 +36,10 @@ use crate::record::Record;
 ///    skipped and every aggregate is clean; otherwise the pending rows up to the batch's last
 ///    `seq` are counted per aggregate in one scan of the pending index.
 /// 5. The rows returned stop where the text of their payloads and headers passes the byte bound
-///    (the first row always comes): a `seq` prefix of a clean batch is clean. Rows past it stay
+///    (the first row always comes): a `seq` prefix of a clean batch is clean. No step joins the
+///    batch with itself: the planner's estimate of `claimed` is a guess (two rows once a long
+///    published history skews the statistics), and a nested loop there made the claim
+///    quadratic in the batch size (BENCHMARKS.md, the history scenario). Rows past it stay
 ///    locked until the batch is settled and come in the next claim.
 const CLAIM: &str = r#"
 WITH blocked AS MATERIALIZED (
@@ -118,19 +121,22 @@ slow_clean AS (
     HAVING count(*) = h.n
 ),
 sized AS (
-    SELECT z.seq
-    FROM (SELECT c.seq,
-                 sum(octet_length(c.payload) + coalesce(octet_length(c.headers), 0))
-                     OVER (ORDER BY c.seq)
-                 - octet_length(c.payload) - coalesce(octet_length(c.headers), 0) AS bytes_before
-          FROM claimed c) z
-    WHERE z.bytes_before < {max_bytes}
+    SELECT c.*,
+           sum(octet_length(c.payload) + coalesce(octet_length(c.headers), 0))
+               OVER (ORDER BY c.seq)
+           - octet_length(c.payload) - coalesce(octet_length(c.headers), 0) AS bytes_before
+    FROM claimed c
 )
+-- No join of the claimed rows with themselves or with `slow_clean`: the planner cannot
+-- estimate how many rows `claimed` holds (two, with a long published history behind the
+-- pending rows), and a nested loop over a batch with itself cost 1000 × 1000 comparisons.
+-- `IN` is a hashed subplan, evaluated only when the fast path fails.
 SELECT c.seq, c.id, {text_columns}, c.created_at, c.retry_count,
-       ((SELECT n FROM eligible) = (SELECT n FROM tally) OR k.aggregate_id IS NOT NULL) AS clean
-FROM claimed c
-JOIN sized z ON z.seq = c.seq
-LEFT JOIN slow_clean k ON k.aggregate_type = c.aggregate_type AND k.aggregate_id = c.aggregate_id
+       ((SELECT n FROM eligible) = (SELECT n FROM tally)
+        OR (c.aggregate_type, c.aggregate_id) IN (SELECT k.aggregate_type, k.aggregate_id
+                                                  FROM slow_clean k)) AS clean
+FROM sized c
+WHERE c.bytes_before < {max_bytes}
 ORDER BY c.seq
 "#;
 
