@@ -74,7 +74,10 @@ pub fn dead_letter_sql(tables: &[CapturedTable]) -> String {
          SELECT u.id, u.seq, u.t, u.a, u.e, u.p::jsonb, u.h::jsonb, u.c, u.r, u.err, u.hist::jsonb
          FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[], $9::int4[], $10::text[], $11::text[])
-              AS u(id, seq, t, a, e, p, h, c, r, err, hist)",
+              AS u(id, seq, t, a, e, p, h, c, r, err, hist)
+         -- Read again after a restart (the slot was not yet confirmed past it), an event
+         -- already given up on is not a second dead letter: replay would insert it twice.
+         WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letter d WHERE d.original_id = u.id)",
     );
     sql
 }
