@@ -9,6 +9,9 @@ use serde_json::value::RawValue;
 
 use crate::Record;
 
+/// Message headers, in order: (name, value).
+pub type Headers = Vec<(String, String)>;
+
 /// The message format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Envelope {
@@ -63,10 +66,7 @@ impl Envelope {
     }
 
     /// The value and the headers for `record` (the event id formatted once for both).
-    pub fn value_and_headers(
-        &self,
-        record: &Record,
-    ) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+    pub fn value_and_headers(&self, record: &Record) -> Result<(Vec<u8>, Headers), String> {
         let id = record.id.hyphenated().to_string();
         let value = self.value_with_id(record, &id)?;
         Ok((value, self.headers_with_id(record, id)?))
@@ -95,11 +95,7 @@ impl Envelope {
         self.headers_with_id(record, record.id.hyphenated().to_string())
     }
 
-    fn headers_with_id(
-        &self,
-        record: &Record,
-        id: String,
-    ) -> Result<Vec<(String, String)>, String> {
+    fn headers_with_id(&self, record: &Record, id: String) -> Result<Headers, String> {
         let mut headers = Vec::with_capacity(12);
         if let Envelope::CloudEventsBinary { source } = self {
             headers.push(("ce_specversion".to_string(), "1.0".to_string()));
