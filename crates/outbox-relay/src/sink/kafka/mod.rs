@@ -30,7 +30,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 use super::{ErrorKind, Message, Sink, SinkError};
 use crate::urls::apply_params;
@@ -362,23 +361,11 @@ pub fn error_kind(code: RDKafkaErrorCode) -> ErrorKind {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
-        validate_topic(&message.topic)?;
-        if !self.is_known(&message.topic) {
-            self.ensure_topic(&message.topic).await?;
-        }
-        let record = record(message);
-        let producer = self.producer();
-        // The queue timeout only applies while librdkafka's local queue is full.
-        match producer
-            .send(record, Timeout::After(self.options.message_timeout))
+        // One message is a wave of one: the same topic checks, queueing and delivery report.
+        self.publish_all(std::slice::from_ref(message), 1)
             .await
-        {
-            Ok(_) => {
-                self.log.delivered();
-                Ok(())
-            }
-            Err((e, _)) => Err(self.classify(message, &e, &producer)),
-        }
+            .pop()
+            .unwrap_or_else(|| Err(SinkError::unavailable("Kafka: not sent")))
     }
 
     /// Hands the whole wave to librdkafka's queue at once, then awaits the delivery reports in
