@@ -197,7 +197,7 @@ pub struct BenchArgs {
     pub footprint_events: usize,
 
     /// Footprint: the `outbox` binary to run as the relay process [default: `outbox` beside
-    /// this executable, as `cargo build --release` leaves it].
+    /// this executable, as `cargo build --release -p outbox-cli` leaves it].
     #[arg(long, value_name = "PATH")]
     pub outbox_bin: Option<PathBuf>,
 

@@ -14,7 +14,7 @@ use crate::report::{progress, Measurement};
 use crate::sinks::{reset_sink, BENCH_STREAM};
 
 /// The `outbox` binary the footprint scenario runs: `--outbox-bin`, else `outbox` beside this
-/// executable (both are in `target/release` after `cargo build --release`).
+/// executable (both are in `target/release` after `cargo build --release -p outbox-cli -p outbox-bench`).
 pub fn outbox_binary(args: &BenchArgs) -> Result<PathBuf, BenchError> {
     let (path, given) = match &args.outbox_bin {
         Some(path) => (path.clone(), true),
@@ -39,7 +39,7 @@ pub fn outbox_binary(args: &BenchArgs) -> Result<PathBuf, BenchError> {
     } else {
         format!(
             "the footprint scenario runs the relay as the `outbox` binary, not found at {}: \
-             build both binaries with `cargo build --release` (or pass --outbox-bin PATH)",
+             build both binaries with `cargo build --release -p outbox-cli -p outbox-bench` (or pass --outbox-bin PATH)",
             path.display()
         )
     }))
