@@ -19,6 +19,8 @@
 //! `aggregate_id`, `event_type`, `payload`, optionally `headers` and `created_at`); `true` makes
 //! it transactional (required: a non-transactional message is ignored with a warning).
 
+use std::collections::BTreeMap;
+
 use crate::{Error, Event};
 
 /// The logical decoding message prefix the CDC relay reads.
@@ -63,19 +65,30 @@ pub async fn emit_all(conn: &mut sqlx::PgConnection, events: &[Event]) -> Result
     Ok(())
 }
 
-/// The message's content: the event as the row the relay would read, a JSON object.
+/// The message's content: the event as the row the relay would read, a JSON object, written in
+/// one pass (the payload is serialized in place, never copied into a new `Value`).
 fn content(event: &Event) -> Result<String, Error> {
-    let mut row = serde_json::json!({
-        "id": event.id(),
-        "aggregate_type": event.aggregate_type(),
-        "aggregate_id": event.aggregate_id(),
-        "event_type": event.event_type(),
-        "payload": event.payload(),
-    });
-    if !event.headers().is_empty() {
-        row["headers"] = serde_json::to_value(event.headers())?;
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::Uuid,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        event_type: &'a str,
+        payload: &'a serde_json::Value,
+        #[serde(skip_serializing_if = "no_headers")]
+        headers: &'a BTreeMap<String, String>,
     }
-    Ok(serde_json::to_string(&row)?)
+    fn no_headers(headers: &&BTreeMap<String, String>) -> bool {
+        headers.is_empty()
+    }
+    Ok(serde_json::to_string(&Row {
+        id: event.id(),
+        aggregate_type: event.aggregate_type(),
+        aggregate_id: event.aggregate_id(),
+        event_type: event.event_type(),
+        payload: event.payload(),
+        headers: event.headers(),
+    })?)
 }
 
 #[cfg(test)]
