@@ -11,7 +11,8 @@
 //! request (400, 413, 415, 422…) is [`ErrorKind::Permanent`]: dead-lettered with the status and
 //! the start of the response body; a 500 (and other answers that may pass later) is
 //! [`ErrorKind::Retryable`]. `Retry-After` is honoured whatever the kind. Redirects are not
-//! followed.
+//! followed. At start the endpoint is asked once (`OPTIONS`, any answer counts); one that does
+//! not answer is logged as unreachable, and the relay starts anyway.
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
@@ -67,8 +68,13 @@ pub struct WebhookSink {
 /// Longest excerpt of a refusing response kept in the dead-letter reason.
 const BODY_EXCERPT: usize = 200;
 
+/// Longest wait for the endpoint's answer to the start probe (less when `timeout` is shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl WebhookSink {
-    /// Prepares the client. The endpoint is not contacted until the first event.
+    /// Prepares the client and asks the endpoint once whether it is there (`OPTIONS`, any answer
+    /// counts): an endpoint that does not answer is a warning; only a malformed URL or secret is
+    /// refused.
     pub async fn connect(url: &str, options: &WebhookOptions) -> Result<Self, crate::Error> {
         let shown = crate::redact_url(url);
         let parsed = reqwest::Url::parse(url)
@@ -93,12 +99,39 @@ impl WebhookSink {
             .user_agent(concat!("outbox-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| crate::Error::Config(format!("webhook client: {e}")))?;
-        Ok(WebhookSink {
+        let sink = WebhookSink {
             client,
             url: parsed,
             shown,
             key,
-        })
+        };
+        sink.probe(options.timeout.min(PROBE_TIMEOUT)).await;
+        Ok(sink)
+    }
+
+    /// Asks the endpoint once, at start, whether it is there: an `OPTIONS` request, where any
+    /// answer counts whatever its status (a receiver that routes only `POST` answers 405). An
+    /// endpoint that does not answer is a warning, never a refusal to start: it may come up
+    /// later, and events wait in the outbox until it does.
+    async fn probe(&self, timeout: Duration) {
+        let answer = self
+            .client
+            .request(reqwest::Method::OPTIONS, self.url.clone())
+            .timeout(timeout)
+            .send()
+            .await;
+        match answer {
+            Ok(response) => tracing::info!(
+                sink = %self.describe(),
+                status = %response.status(),
+                "webhook endpoint answered"
+            ),
+            Err(e) => tracing::warn!(
+                url = %self.shown,
+                error = %describe_error(&e),
+                "webhook endpoint is unreachable for now; events wait in the outbox until it is back"
+            ),
+        }
     }
 
     fn headers(&self, message: &Message) -> Result<HeaderMap, SinkError> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::post;
+use axum::routing::{options, post};
 use outbox_relay::sink::webhook::{sign, WebhookOptions};
 use outbox_relay::sink::{ErrorKind, SinkOptions};
 
@@ -33,6 +34,8 @@ struct Script {
 struct Receiver {
     got: Arc<Mutex<Vec<(Received, bool)>>>,
     script: Script,
+    /// `OPTIONS` requests (the sink's start probe).
+    probes: Arc<AtomicUsize>,
 }
 
 async fn hook(
@@ -77,6 +80,12 @@ async fn hook(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The start probe: counted, answered 405 as a receiver that routes only `POST` would.
+async fn probe(State(r): State<Receiver>) -> StatusCode {
+    r.probes.fetch_add(1, Ordering::SeqCst);
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
 pub struct WebhookHarness {
     addr: SocketAddr,
     receiver: Receiver,
@@ -95,9 +104,10 @@ impl Harness for WebhookHarness {
         let receiver = Receiver {
             got: Arc::default(),
             script: Script::default(),
+            probes: Arc::default(),
         };
         let app = axum::Router::new()
-            .route("/hooks/{*rest}", post(hook))
+            .route("/hooks/{*rest}", post(hook).merge(options(probe)))
             .layer(DefaultBodyLimit::max(1024 * 1024))
             .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
@@ -350,6 +360,25 @@ mod kinds {
             assert_eq!(err.retry_after, wait.map(Duration::from_secs), "{status}");
         }
         sink.publish(&message()).await.expect("then 204");
+    }
+
+    /// The endpoint is asked once at start, and a 405 to that question is an answer: the sink
+    /// starts, and its first event is delivered by `POST` as usual.
+    #[tokio::test]
+    async fn the_endpoint_is_asked_once_at_start() {
+        let h = WebhookHarness::setup().await.unwrap();
+        let sink = WebhookSink::connect(&h.sink_url(&h.broker()), &h.sink_options().http)
+            .await
+            .expect("webhook sink");
+        assert_eq!(h.receiver.probes.load(Ordering::SeqCst), 1, "one probe");
+        assert!(h.all().is_empty(), "the probe is not a delivery");
+        sink.publish(&message()).await.expect("delivered");
+        assert_eq!(h.all().len(), 1);
+        assert_eq!(
+            h.receiver.probes.load(Ordering::SeqCst),
+            1,
+            "asked once only"
+        );
     }
 
     #[tokio::test]
