@@ -99,10 +99,15 @@ fn init_logging(cli: &Cli, file: &config::FileConfig) -> Result<(), error::CliEr
         .map_err(|e| error::CliError::usage(format!("log level {level:?}: {e}")))?;
     let json = cli.log_format == Some(LogFormat::Json)
         || (cli.log_format.is_none() && file.log.format.as_deref() == Some("json"));
+    // A log line that cannot be written is dropped. tracing-subscriber would otherwise report
+    // it with `eprintln!`, which panics when stderr is the broken pipe: once the reader of the
+    // log went away, every task that logged died with it, the signal watcher among them (the
+    // relay then ignored SIGTERM).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {

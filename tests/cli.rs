@@ -697,3 +697,56 @@ async fn a_redelivered_event_is_written_again_to_a_file_and_applied_once_through
     remove_sqlite(&path, store).await;
     let _ = std::fs::remove_file(&out);
 }
+
+/// When whoever reads the relay's log goes away (a log shipper restarted, `| head`), the relay
+/// drops the lines it cannot write and goes on: it still delivers, and it still stops on the
+/// first SIGTERM. (The logging library used to report the failed write with `eprintln!`, which
+/// panicked in whichever task logged; the signal watcher died logging "shutting down".)
+#[tokio::test]
+async fn a_relay_whose_log_reader_went_away_still_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let (path, url, store) = migrated_sqlite("broken-log.db").await;
+    let mut child = tokio::process::Command::new(bin())
+        .args(["relay", "--sink", "noop:", "--poll-interval", "50ms"])
+        .args(["--log-level", "info"])
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn outbox relay");
+    let stderr = child.stderr.take().expect("the relay's stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            if line.contains("relay started") {
+                return;
+            }
+        }
+        panic!("the relay's log ended before it started");
+    })
+    .await
+    .expect("the relay started within 20 s");
+    drop(lines); // the reader goes away: the log is a broken pipe from here on
+    {
+        let mut tx = store.sqlite_pool().unwrap().begin().await.unwrap();
+        let e = outbox::Event::new("Order", "o-1", "Step", serde_json::json!({ "n": 1 }));
+        outbox::enqueue(&mut *tx, &e).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    wait_until(Duration::from_secs(20), "the event delivered", || async {
+        let r = outbox(Some(&url), &["status", "--json"]).await;
+        let status: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        (status["pending"] == 0).then_some(())
+    })
+    .await;
+    let relay = RelayProcess { child };
+    relay.signal(libc::SIGTERM);
+    let mut relay = relay;
+    assert_eq!(
+        relay.wait(Duration::from_secs(15)).await,
+        0,
+        "stopped by SIGTERM"
+    );
+    remove_sqlite(&path, store).await;
+}
