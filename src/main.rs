@@ -9,6 +9,7 @@ mod server;
 mod settings;
 mod signals;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -53,7 +54,9 @@ fn main() -> ExitCode {
 }
 
 fn report(e: error::CliError) -> ExitCode {
-    eprintln!("error: {e}");
+    // Not `eprintln!`: with stderr a broken pipe it panics, and the exit status would be 101
+    // instead of the error's own.
+    let _ = writeln!(std::io::stderr(), "error: {e}");
     ExitCode::from(e.code)
 }
 
