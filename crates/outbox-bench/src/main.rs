@@ -82,6 +82,8 @@ fn init_logging(args: &BenchArgs) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped, not reported by a panicking `eprintln!`.
+        .log_internal_errors(false)
         .init();
 }
 

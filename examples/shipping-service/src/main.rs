@@ -70,6 +70,8 @@ async fn main() -> ExitCode {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped, not reported by a panicking `eprintln!`.
+        .log_internal_errors(false)
         .init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
