@@ -115,8 +115,12 @@ impl Browser {
         }
     }
 
+    /// The element's text, found and read in one step, again when the page was replaced in
+    /// between (a form's answer loading): a stale element is not an answer.
     async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.expect("element text")
+        self.find(css).await;
+        self.wait_text(css, &format!("the text of {css}"), |_| true)
+            .await
     }
 
     async fn click(&self, css: &str) {
@@ -516,10 +520,12 @@ async fn console_alone(env: Env) {
         .contains("--console-token"));
     b.click("#dead-letters tbody input[type=checkbox]").await;
     b.click("button[value=replay]").await;
-    assert!(b
-        .text("#actions-disabled")
-        .await
-        .contains("OUTBOX_CONSOLE_TOKEN"));
+    b.wait_text(
+        "#actions-disabled",
+        "the refusal naming OUTBOX_CONSOLE_TOKEN",
+        |t| t.contains("OUTBOX_CONSOLE_TOKEN"),
+    )
+    .await;
     pages += &b.source().await;
     assert!(
         !pages.contains(secret),

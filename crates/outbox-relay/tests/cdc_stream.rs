@@ -222,8 +222,19 @@ async fn inserts_stream_in_commit_order_updates_and_deletes_are_ignored() {
     .await;
     assert_eq!(sink.len(), 4, "exactly once each");
     run.stop().await;
-    // The stop reported the confirmed position to the server.
-    assert!(outbox_testkit::confirmed_flush(&pool, &slot).await >= state.confirmed_lsn() as i64);
+    // The stop reported the confirmed position to the server (whose walsender records it in
+    // the slot as it reads the report: bounded wait, not an instant).
+    let confirmed = state.confirmed_lsn() as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut flushed = outbox_testkit::confirmed_flush(&pool, &slot).await;
+    while flushed < confirmed && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        flushed = outbox_testkit::confirmed_flush(&pool, &slot).await;
+    }
+    assert!(
+        flushed >= confirmed,
+        "the slot's confirmed_flush_lsn {flushed} reached the relay's {confirmed}"
+    );
     drop_slot(&pool, &slot).await;
 }
 
