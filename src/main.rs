@@ -17,8 +17,8 @@ use clap::Parser;
 /// mimalloc: the relay allocates small, short-lived buffers per event on several threads, where
 /// glibc's allocator showed up as a fifth of the relay's CPU time in profiles. Built with its
 /// `no_thp` feature: mimalloc otherwise asks for transparent huge pages on its arena, and every
-/// 2 MiB region it touches becomes resident whole (peak RSS 68–74 MiB instead of 38–40 MiB
-/// draining a backlog, at the same CPU; BENCHMARKS.md).
+/// 2 MiB region it touches becomes resident whole (draining a million events, peak RSS 62–89 MiB
+/// instead of 36–49 polling, 64–156 instead of 39–50 with CDC, at the same CPU; BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
