@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli, &file) {
         return report(e);
     }
-    if !matches!(cli.command, Command::Relay(_)) {
+    if !matches!(cli.command, Command::Relay(_) | Command::Console(_)) {
         restore_sigpipe();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -61,8 +61,9 @@ fn report(e: error::CliError) -> ExitCode {
 }
 
 /// Commands that print lists (`outbox dlq list | head -1`) end quietly when the reader goes
-/// away, as Unix tools do, instead of panicking on the broken pipe. Not the relay: it has
-/// nothing to print and keeps the runtime's default (SIGPIPE ignored, errors returned).
+/// away, as Unix tools do, instead of panicking on the broken pipe. Not the servers (`relay`,
+/// `console`): they print only their log, and a log reader that went away must not stop them;
+/// they keep the runtime's default (SIGPIPE ignored, errors returned, the line dropped).
 fn restore_sigpipe() {
     // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
     unsafe {

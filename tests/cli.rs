@@ -750,3 +750,47 @@ async fn a_relay_whose_log_reader_went_away_still_stops_on_sigterm() {
     );
     remove_sqlite(&path, store).await;
 }
+
+/// The console is a server too: with the reader of its log gone, a request that logs (a refused
+/// action) neither kills it (SIGPIPE) nor stops it answering.
+#[tokio::test]
+async fn the_console_outlives_the_reader_of_its_log() {
+    let (path, url, store) = migrated_sqlite("console-broken-log.db").await;
+    let port = outbox_testkit::free_port();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["console", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-level", "info"])
+        .env("DATABASE_URL", &url)
+        .env_remove("OUTBOX_CONSOLE_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn outbox console");
+    drop(child.stderr.take()); // nobody reads its log
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(20), "the console answering", || async {
+        let r = http.get(format!("{base}/")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let refused = http
+        .post(format!("{base}/dead-letters/apply"))
+        .body("action=purge")
+        .send()
+        .await
+        .expect("the console answers the action");
+    assert_eq!(refused.status(), 403, "no token: refused (and logged)");
+    let r = http.get(format!("{base}/")).send().await;
+    assert!(
+        r.as_ref().is_ok_and(|r| r.status().is_success()),
+        "still serving after logging into a broken pipe: {r:?}"
+    );
+    assert!(
+        child.try_wait().expect("the console's status").is_none(),
+        "still running"
+    );
+    child.kill().await.expect("stop the console");
+    remove_sqlite(&path, store).await;
+}
