@@ -740,9 +740,8 @@ async fn a_relay_whose_log_reader_went_away_still_stops_on_sigterm() {
         (status["pending"] == 0).then_some(())
     })
     .await;
-    let relay = RelayProcess { child };
+    let mut relay = RelayProcess { child };
     relay.signal(libc::SIGTERM);
-    let mut relay = relay;
     assert_eq!(
         relay.wait(Duration::from_secs(15)).await,
         0,
