@@ -75,21 +75,35 @@ impl BenchDb {
     }
 
     /// Drops the database and its replication slot (errors ignored: nothing may be left).
+    /// A terminated walsender releases its slot a moment later, and a database with a slot
+    /// cannot be dropped, so the slot is dropped again until it is gone (up to 10 s): a slot left
+    /// behind would keep WAL on the server for good.
     pub async fn drop(&self) {
         let name = &self.name;
-        for sql in [
-            format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                 WHERE database = '{name}' AND active_pid IS NOT NULL"
-            ),
-            format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE database = '{name}' AND NOT active"
-            ),
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        ] {
-            let _ = sqlx::query(&sql).execute(&self.admin).await;
+        let terminate = format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE database = '{name}' AND active_pid IS NOT NULL"
+        );
+        let drop_slots = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = '{name}' AND NOT active"
+        );
+        let left = format!("SELECT count(*) FROM pg_replication_slots WHERE database = '{name}'");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let _ = sqlx::query(&terminate).execute(&self.admin).await;
+            let _ = sqlx::query(&drop_slots).execute(&self.admin).await;
+            let remaining: i64 = sqlx::query_scalar(&left)
+                .fetch_one(&self.admin)
+                .await
+                .unwrap_or(0);
+            if remaining == 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        let drop_db = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let _ = sqlx::query(&drop_db).execute(&self.admin).await;
     }
 
     /// Creates the CDC publication and slot, before the events it should see are written.
